@@ -1,0 +1,74 @@
+"""The root Typer app. Each command group lives in its own module and registers itself here.
+
+Nothing heavy is imported at module level: torch, transformers and peft are imported inside the
+commands that run models, networkx inside the commands that need the graph.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peftkb import __version__
+from peftkb.errors import EXIT_BAD_INPUT, CatalogError, PeftkbError
+
+app = typer.Typer(
+    name="peftkb",
+    help="Explore the PEFT knowledge base: methods, taxonomy, lineage, citations and parameter counts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"peftkb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    root: Optional[Path] = typer.Option(None, "--root", help="Knowledge-base folder (default: this checkout; or $PEFTKB_ROOT).",
+                                        file_okay=False, exists=True),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Explore the PEFT knowledge base: methods, taxonomy, lineage, citations and parameter counts."""
+    if root is not None:
+        os.environ["PEFTKB_ROOT"] = str(root.resolve())
+
+
+from peftkb.cli import catalog as _catalog  # noqa: E402  (registration order = help order)
+from peftkb.cli import graph as _graph  # noqa: E402
+from peftkb.cli import validate as _validate  # noqa: E402
+
+for _module in (_catalog, _graph, _validate):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: known errors become a message and an exit code, never a traceback."""
+    try:
+        app()
+    except CatalogError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"{len(exc.problems)} problem(s) found\n")
+        sys.exit(exc.exit_code)
+    except PeftkbError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `peftkb list | head`
+        sys.stderr.close()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except OSError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,34 @@
+"""Shared CLI plumbing: loading the catalog once, the --format option, id completion."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import typer
+
+from peftkb.cli.output import Format
+from peftkb.loader import load_catalog
+from peftkb.model import Catalog
+
+FORMAT_OPTION = typer.Option(Format.table, "--format", "-f", help="Output format.", case_sensitive=False)
+
+
+@lru_cache(maxsize=1)
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def complete_method_id(incomplete: str) -> list[str]:
+    """Shell completion for method ids and aliases."""
+    try:
+        cat = catalog()
+    except Exception:  # completion must never print a traceback into the user's shell
+        return []
+    return sorted(m.id for m in cat.methods if m.id.startswith(incomplete.lower()))
+
+
+def complete_category_id(incomplete: str) -> list[str]:
+    try:
+        cat = catalog()
+    except Exception:
+        return []
+    return sorted(c.id for c in cat.categories if c.id.startswith(incomplete.lower()))

@@ -1,0 +1,89 @@
+"""Lookups on a loaded catalog that need no graph library: by id or alias, by category prefix, by text."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from peftkb.errors import NotFoundError, did_you_mean
+from peftkb.model import Catalog, Category, Method
+
+
+def all_names(m: Method) -> list[str]:
+    return [m.id, m.name, *m.aliases]
+
+
+def find_method(catalog: Catalog, key: str) -> Method:
+    """A method by id, name or alias, ignoring case; NotFoundError with suggestions otherwise."""
+    folded = key.casefold()
+    for m in catalog.methods:
+        if any(n.casefold() == folded for n in all_names(m)):
+            return m
+    pool = [n for m in catalog.methods for n in all_names(m)]
+    raise NotFoundError(f"no method '{key}'" + did_you_mean(key, pool))
+
+
+def find_category(catalog: Catalog, key: str) -> Category:
+    """A category by id, by its last path segment, or by name, ignoring case."""
+    folded = key.casefold().strip("/")
+    exact = [c for c in catalog.categories if c.id == folded or c.name.casefold() == folded]
+    by_slug = [c for c in catalog.categories if c.slug == folded]
+    hits = exact or by_slug
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise NotFoundError(f"category '{key}' is ambiguous: " + ", ".join(c.id for c in hits))
+    raise NotFoundError(f"no category '{key}'" + did_you_mean(key, [c.id for c in catalog.categories]))
+
+
+def subtree(catalog: Catalog, category_id: str) -> list[str]:
+    """The category and every category below it (ids are paths, so this is a prefix match)."""
+    return [c.id for c in catalog.categories if c.id == category_id or c.id.startswith(category_id + "/")]
+
+
+def methods_in(catalog: Catalog, category_id: str) -> list[Method]:
+    cats = set(subtree(catalog, category_id))
+    return [m for m in catalog.methods if m.category in cats]
+
+
+def ancestors(catalog: Catalog, category_id: str) -> list[Category]:
+    """Root first, ending with the category itself."""
+    by_id = {c.id: c for c in catalog.categories}
+    parts = category_id.split("/")
+    return [by_id["/".join(parts[: i + 1])] for i in range(len(parts)) if "/".join(parts[: i + 1]) in by_id]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
+
+
+def search(catalog: Catalog, text: str) -> list[tuple[float, Method]]:
+    """Rank methods for a free-text query; fields weigh name > alias > title > summary > authors."""
+    terms = _words(text)
+    if not terms:
+        return []
+    phrase = text.casefold().strip()
+    results = []
+    for m in catalog.methods:
+        fields: list[tuple[float, Iterable[str]]] = [
+            (10.0, [m.id, m.name]), (6.0, m.aliases + ([m.full_name] if m.full_name else [])),
+            (3.0, [p.title for p in m.papers]), (2.0, [m.summary] + m.tags),
+            (1.5, [a for p in m.papers for a in p.authors]),
+        ]
+        score = 0.0
+        for weight, values in fields:
+            for value in values:
+                folded = value.casefold()
+                if folded == phrase:
+                    score += weight * 3
+                elif phrase in folded:
+                    score += weight * 1.5
+                words = set(_words(value))
+                score += weight * sum(1 for t in terms if t in words)
+                score += weight * 0.3 * sum(1 for t in terms if t not in words and any(w.startswith(t) for w in words))
+        if score > 0:
+            results.append((round(score, 2), m))
+    results.sort(key=lambda item: (-item[0], item[1].id))
+    return results
