@@ -5,60 +5,45 @@ rejected), file name equals id, unique ids and aliases (case-insensitive), categ
 exist, relation targets exist, no cycle in `variant_of`/`extends`, formula syntax and symbols,
 reference implementation path inside `reference_impls/` and existing.
 
-A validated catalog is cached as JSON keyed by the size and mtime of every input file, so commands
-after the first skip YAML parsing and cross-checks (`PEFTKB_NO_CACHE=1` turns the cache off).
+A validated catalog is cached as JSON (see `peftkb.cache`), so commands after the first skip YAML
+parsing and cross-checks.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from peftkb.cache import (CATALOG_DIR, IMPL_DIR, TAXONOMY_FILE, cache_enabled, catalog_files, find_root,
+                          fingerprint, read_cache, write_cache)
 from peftkb.errors import CatalogError, ProblemList, did_you_mean
 from peftkb.formula import ARCH_SYMBOLS, Formula, FormulaError
 from peftkb.model import RELATION_KINDS, Catalog, Category, Method
 from peftkb.yamlsafe import Located, YamlProblem, dotted, load_located
 
-TAXONOMY_FILE = Path("taxonomy") / "taxonomy.yaml"
-CATALOG_DIR = Path("catalog")
-IMPL_DIR = Path("reference_impls")
-CACHE_VERSION = "1"
-
-
-def find_root(start: Path | None = None) -> Path:
-    """The knowledge-base root: $PEFTKB_ROOT, else the folder holding the package (a source checkout)."""
-    env = os.environ.get("PEFTKB_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(start or __file__).resolve()
-    for folder in [here, *here.parents]:
-        if (folder / TAXONOMY_FILE).is_file() and (folder / CATALOG_DIR).is_dir():
-            return folder
-    return Path.cwd()
-
-
-def catalog_files(root: Path) -> list[Path]:
-    return sorted((root / CATALOG_DIR).glob("*.yaml"))
-
-
 def load_catalog(root: Path | None = None, *, use_cache: bool = True) -> Catalog:
     """Load and validate taxonomy + catalog; raise CatalogError listing every problem."""
     root = root or find_root()
     files = catalog_files(root)
-    cache_ok = use_cache and not os.environ.get("PEFTKB_NO_CACHE")
-    key = _fingerprint(root, files) if cache_ok else ""
+    cache_ok = use_cache and cache_enabled()
+    key = fingerprint(root, files) if cache_ok else ""
     if cache_ok:
-        cached = _read_cache(root, key)
+        cached = read_cache(root, key)
         if cached is not None:
-            return cached
+            try:
+                return Catalog.model_validate(cached)
+            except ValidationError:
+                pass  # a cache from another schema version: rebuild it
     catalog = _load_and_check(root, files)
     if cache_ok:
-        _write_cache(root, key, catalog)
+        write_cache(root, key, dump_catalog(catalog))
     return catalog
+
+
+def dump_catalog(catalog: Catalog) -> dict[str, Any]:
+    """The catalog as JSON-ready data; the cache and the fast index both hold exactly this."""
+    return catalog.model_dump(mode="json", by_alias=True)
 
 
 def load_catalog_paths(root: Path, paths: list[Path]) -> Catalog:
@@ -100,6 +85,7 @@ def _load_and_check(root: Path, files: list[Path]) -> Catalog:
     category_ids = {c.id for c in categories}
     methods: list[Method] = []
     sources: dict[str, tuple[str, Located]] = {}
+    invalid_ids: set[str] = set()
 
     for path in files:
         name = _rel(root, path)
@@ -116,6 +102,8 @@ def _load_and_check(root: Path, files: list[Path]) -> Catalog:
             continue
         method = _validate(Method, doc, name, problems)
         if method is None:
+            if isinstance(doc.data.get("id"), str):  # still a known id: no cascade of dangling relations
+                invalid_ids.add(doc.data["id"])
             continue
         if method.id != path.stem:
             problems.add(name, *doc.where(("id",)), "id", f"id '{method.id}' does not match the file name '{path.stem}.yaml'")
@@ -123,7 +111,7 @@ def _load_and_check(root: Path, files: list[Path]) -> Catalog:
         sources[method.id] = (name, doc)
 
     _check_unique(methods, sources, problems)
-    ids = {m.id for m in methods}
+    ids = {m.id for m in methods} | invalid_ids
     for m in methods:
         name, doc = sources[m.id]
         _check_method(root, m, name, doc, ids, category_ids, problems)
@@ -291,41 +279,3 @@ def _check_cycles(methods: list[Method], sources: dict, problems: ProblemList) -
     for m in methods:
         if state.get(m.id) is None:
             visit(m.id, [m.id])
-
-
-# -- cache ---------------------------------------------------------------------------------------
-def _cache_path(root: Path) -> Path:
-    return root / ".peftkb-cache" / "catalog.json"
-
-
-def _fingerprint(root: Path, files: list[Path]) -> str:
-    h = hashlib.sha256(CACHE_VERSION.encode())
-    impls = sorted((root / IMPL_DIR).glob("*.py")) if (root / IMPL_DIR).is_dir() else []
-    for path in [root / TAXONOMY_FILE, *files]:
-        st = path.stat()
-        h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for path in impls:  # reference paths are checked for existence, so their presence matters
-        h.update(f"impl:{path.name}\n".encode())
-    return h.hexdigest()
-
-
-def _read_cache(root: Path, key: str) -> Catalog | None:
-    try:
-        raw = json.loads(_cache_path(root).read_text(encoding="utf-8"))
-        if raw.get("key") != key:
-            return None
-        return Catalog.model_validate(raw["catalog"])
-    except (OSError, ValueError, KeyError, ValidationError):
-        return None
-
-
-def _write_cache(root: Path, key: str, catalog: Catalog) -> None:
-    path = _cache_path(root)
-    try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "catalog": catalog.model_dump(mode="json", by_alias=True)}),
-                       encoding="utf-8")
-        tmp.replace(path)  # atomic: a reader never sees half a cache
-    except OSError:
-        pass  # a read-only checkout still works, only without the cache

@@ -1,11 +1,18 @@
-"""Lookups on a loaded catalog that need no graph library: by id or alias, by category prefix, by text."""
+"""Lookups on a loaded catalog that need no graph library: by id or alias, by category prefix, by text.
+
+Every function reads attributes only, so it serves both the typed catalog (`peftkb.loader`) and the
+plain records of the fast index (`peftkb.index`).
+"""
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from peftkb.errors import NotFoundError, did_you_mean
-from peftkb.model import Catalog, Category, Method
+
+if TYPE_CHECKING:  # works on typed models and on the index's records alike; imports no pydantic
+    from peftkb.model import Catalog, Category, Method
 
 
 def all_names(m: Method) -> list[str]:
@@ -26,7 +33,7 @@ def find_category(catalog: Catalog, key: str) -> Category:
     """A category by id, by its last path segment, or by name, ignoring case."""
     folded = key.casefold().strip("/")
     exact = [c for c in catalog.categories if c.id == folded or c.name.casefold() == folded]
-    by_slug = [c for c in catalog.categories if c.slug == folded]
+    by_slug = [c for c in catalog.categories if c.id.rsplit("/", 1)[-1] == folded]
     hits = exact or by_slug
     if len(hits) == 1:
         return hits[0]

@@ -76,13 +76,19 @@ def load_located(path: Path) -> Located:
     return located
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
+
+
 def _construct(node: yaml.Node, path: Path_, positions: dict, seen: set[int]) -> Any:
     # An alias makes two places share one node; refusing shared nodes defeats "billion laughs"
     # expansion and costs nothing, since no catalog file needs anchors.
     if id(node) in seen:
-        raise YamlProblem(*_mark(node), "YAML anchors and aliases are not allowed", _dotted(path))
+        raise YamlProblem(*_mark(node), "YAML anchors and aliases are not allowed (the anchor is here)",
+                         _dotted(path))
     seen.add(id(node))
     positions[path] = _mark(node)
+    if node.tag not in _PLAIN_TAGS:  # e.g. !!python/object: refused even where it would be ignored
+        raise YamlProblem(*_mark(node), f"unsupported YAML tag '{node.tag}'", _dotted(path))
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:

@@ -5,6 +5,7 @@ commands that run models, networkx inside the commands that need the graph.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -42,18 +43,18 @@ def _root(
         os.environ["PEFTKB_ROOT"] = str(root.resolve())
 
 
-from peftkb.cli import catalog as _catalog  # noqa: E402  (registration order = help order)
-from peftkb.cli import graph as _graph  # noqa: E402
-from peftkb.cli import validate as _validate  # noqa: E402
+# Command groups, one module each; registration order is the order in --help. Each module's top level
+# imports only light things: heavy imports live inside the command functions.
+COMMAND_MODULES = ("catalog", "graph", "validate")
 
-for _module in (_catalog, _graph, _validate):
-    _module.register(app)
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"peftkb.cli.{_name}").register(app)
 
 
 def main() -> None:
     """Console-script entry point: known errors become a message and an exit code, never a traceback."""
     try:
-        app()
+        app(prog_name="peftkb")
     except CatalogError as exc:
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")

@@ -1,39 +1,41 @@
 """Catalog commands: list, show, search, tree, stats, cite."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from peftkb import query
-from peftkb.cli.common import FORMAT_OPTION, catalog, complete_category_id, complete_method_id
+from peftkb.cli.common import FORMAT_OPTION, catalog, complete_category_id, complete_method_id, index
 from peftkb.cli.output import Format, emit, text
 from peftkb.errors import NotFoundError, UsageError, did_you_mean
-from peftkb.model import Method, Properties
+
+if TYPE_CHECKING:
+    from peftkb.model import Method
 
 LIST_COLUMNS = ["id", "name", "category", "year", "mergeable", "survey", "reference"]
 SORT_KEYS = {"id": lambda m: m.id, "name": lambda m: m.name.casefold(), "year": lambda m: (m.year, m.id),
              "category": lambda m: (m.category, m.id)}
 
 
-def method_row(m: Method) -> dict[str, Any]:
+def method_row(m: "Method") -> dict[str, Any]:
     return {"id": m.id, "name": m.name, "category": m.category, "year": m.year,
             "mergeable": m.properties.mergeable, "survey": m.survey.confidence,
             "reference": m.implementations.reference}
 
 
-def _property_filter(spec: str):
+def _property_filter(spec: str, known: set[str]):
     """`mergeable` (true), `no-mergeable`/`mergeable=false`, or `inserts_at=ffn`."""
     name, _, wanted = spec.partition("=")
     name = name.strip().replace("-", "_")
-    negate = name.startswith("no_") and name[3:] in Properties.model_fields
+    negate = name.startswith("no_") and name[3:] in known
     if negate:
         name, wanted = name[3:], "false"
-    if name not in Properties.model_fields:
-        raise UsageError(f"unknown property '{name}'" + did_you_mean(name, Properties.model_fields))
+    if name not in known:
+        raise UsageError(f"unknown property '{name}'" + did_you_mean(name, known))
     wanted = wanted.strip().lower() or "true"
 
-    def keep(m: Method) -> bool:
+    def keep(m: "Method") -> bool:
         value = getattr(m.properties, name)
         if isinstance(value, bool):
             if wanted not in ("true", "false", "yes", "no"):
@@ -60,7 +62,9 @@ def list_methods(
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """List methods, optionally filtered by category, year, property, implementation or tag."""
-    cat = catalog()
+    from peftkb.index import strip_none
+
+    cat = index()  # plain records from the cache: listing never needs pydantic
     if sort not in SORT_KEYS:
         raise UsageError(f"cannot sort by '{sort}'" + did_you_mean(sort, SORT_KEYS) + "; use " + ", ".join(SORT_KEYS))
     methods = list(cat.methods)
@@ -73,8 +77,9 @@ def list_methods(
         methods = [m for m in methods if m.year >= since]
     if until is not None:
         methods = [m for m in methods if m.year <= until]
+    known = set(cat.methods[0].properties) if cat.methods else set()
     for spec in prop:
-        keep = _property_filter(spec)
+        keep = _property_filter(spec, known)
         methods = [m for m in methods if keep(m)]
     if has_impl:
         methods = [m for m in methods if m.implementations.reference]
@@ -87,7 +92,7 @@ def list_methods(
     methods.sort(key=SORT_KEYS[sort])
     rows = [method_row(m) for m in methods]
     emit(rows, fmt, columns=LIST_COLUMNS, title=title,
-         data=[m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in methods])
+         data=[strip_none(m) for m in methods])
 
 
 def show(
@@ -117,7 +122,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def render_card(m: Method) -> str:
+def render_card(m: "Method") -> str:
     cat = catalog()
     path = " > ".join(c.name for c in query.ancestors(cat, m.category))
     lines = [f"{m.name}" + (f" — {m.full_name}" if m.full_name and m.full_name != m.name else ""),

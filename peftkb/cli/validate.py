@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from peftkb.cli.output import text
+from peftkb.cache import CATALOG_DIR, find_root
 from peftkb.errors import EXIT_BAD_INPUT, CatalogError, UsageError
-from peftkb.loader import CATALOG_DIR, find_root, load_catalog, load_catalog_paths
 
 
 class ValidateFormat(str, Enum):
@@ -38,11 +38,15 @@ def validate(
     if fmt is ValidateFormat.json:
         text(json.dumps({"valid": True, "methods": len(catalog.methods), "categories": len(catalog.categories),
                          "problems": []}, indent=2))
+    elif paths and not paths[0].is_dir():
+        text(f"valid: {len(paths)} file(s) checked against {len(catalog.methods)} methods")
     else:
         text(f"valid: {len(catalog.methods)} methods in {len(catalog.categories)} categories")
 
 
 def _load(paths: list[Path]):
+    from peftkb.loader import load_catalog, load_catalog_paths
+
     if not paths:
         return load_catalog(use_cache=False)
     if len(paths) == 1 and paths[0].is_dir():

@@ -1,0 +1,4 @@
+"""`python -m peftkb` runs the CLI."""
+from peftkb.cli import main
+
+main()

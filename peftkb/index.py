@@ -1,0 +1,56 @@
+"""The catalog as plain records: the fast read path for commands that only filter and print.
+
+`load_index()` returns the validated catalog as `Record`s (dicts with attribute access) read from the
+cache, without importing pydantic. On a cache miss it validates through `peftkb.loader` (which writes
+the cache) and then reads the same dump, so both paths give identical data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peftkb.cache import cache_enabled, catalog_files, find_root, fingerprint, read_cache
+
+
+class Record(dict):
+    """A read-only record with attribute access: `m.properties.mergeable`."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("records are read-only")
+
+
+def wrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Record({k: wrap(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [wrap(v) for v in value]
+    return value
+
+
+def strip_none(value: Any) -> Any:
+    """The record as `--format json` prints it: no null fields (like model_dump(exclude_none=True))."""
+    if isinstance(value, dict):
+        return {k: strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [strip_none(v) for v in value]
+    return value
+
+
+def load_index(root: Path | None = None) -> Record:
+    """The validated catalog as records with `.categories` and `.methods` (raises CatalogError)."""
+    root = root or find_root()
+    if cache_enabled():
+        dump = read_cache(root, fingerprint(root, catalog_files(root)))
+        if dump is not None:
+            return wrap(dump)
+    from peftkb.loader import dump_catalog, load_catalog  # validates; writes the cache
+
+    return wrap(dump_catalog(load_catalog(root)))
