@@ -47,6 +47,7 @@ class Category(Strict):
     parent: str | None = None
     definition: str = Field(min_length=1)
     placements: list[str] = []
+    survey_key: str | None = Field(None, description="this node's id in the survey file shared/survey/taxonomy.yaml")
     survey: bool = True  # False for the baseline node, which is not one of the survey's categories
 
     @property

@@ -45,7 +45,7 @@ def _root(
 
 # Command groups, one module each; registration order is the order in --help. Each module's top level
 # imports only light things: heavy imports live inside the command functions.
-COMMAND_MODULES = ("catalog", "graph", "validate")
+COMMAND_MODULES = ("catalog", "graph", "validate", "coverage", "docs", "bench", "calc", "run")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"peftkb.cli.{_name}").register(app)

@@ -13,6 +13,8 @@ from peftkb.errors import NotFoundError, UsageError, did_you_mean
 if TYPE_CHECKING:
     from peftkb.model import Method
 
+SCHEMES = {"han": "han2024", "han2024": "han2024", "lialin": "lialin2023", "lialin2023": "lialin2023",
+           "ding": "ding2023", "ding2023": "ding2023", "peft_docs": "peft_docs", "peft": "peft_docs"}
 LIST_COLUMNS = ["id", "name", "category", "year", "mergeable", "survey", "reference"]
 SORT_KEYS = {"id": lambda m: m.id, "name": lambda m: m.name.casefold(), "year": lambda m: (m.year, m.id),
              "category": lambda m: (m.category, m.id)}
@@ -59,6 +61,8 @@ def list_methods(
     in_experiments: bool = typer.Option(False, "--in-experiments", help="Only the survey's experiment methods."),
     tag: list[str] = typer.Option([], "--tag", "-t", help="Only methods with this tag (repeatable; all must match)."),
     sort: str = typer.Option("id", "--sort", help="Sort by id, name, year or category."),
+    scheme: Optional[str] = typer.Option(None, "--scheme", help="Read --category as a class of another taxonomy: "
+                                         "han, lialin, ding or peft-docs (see `peftkb crosswalk`)."),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """List methods, optionally filtered by category, year, property, implementation or tag."""
@@ -69,7 +73,17 @@ def list_methods(
         raise UsageError(f"cannot sort by '{sort}'" + did_you_mean(sort, SORT_KEYS) + "; use " + ", ".join(SORT_KEYS))
     methods = list(cat.methods)
     title = "PEFT methods"
-    if category:
+    if scheme:
+        key = SCHEMES.get(scheme.lower().replace("-", "_"))
+        if key is None:
+            raise UsageError(f"unknown scheme '{scheme}'" + did_you_mean(scheme, SCHEMES) + "; use " + ", ".join(SCHEMES))
+        if not category:
+            raise UsageError("--scheme needs --category, a class of that scheme")
+        wanted = category.lower()
+        methods = [m for m in methods if m.crosswalk and m.crosswalk.get(key)
+                   and (m.crosswalk[key]["class"] == wanted or m.crosswalk[key]["class"].startswith(wanted + "/"))]
+        title = f"{key}: {wanted}"
+    elif category:
         node = query.find_category(cat, category)
         methods = query.methods_in(cat, node.id)
         title = f"{node.name} ({node.id})"

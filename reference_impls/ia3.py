@@ -1,0 +1,91 @@
+"""(IA)³: Infused Adapter by Inhibiting and Amplifying Inner Activations.
+
+Equation:   attention keys and values  k = l_k ⊙ (W_k x),   v = l_v ⊙ (W_v x)
+            feed-forward               h = W_down (l_ff ⊙ act(W_up x))     (l_ff rescales the input of W_down)
+Trainable:  2 * n_kv_heads * d_head + d_ff per layer    (catalog: trainable_params.per_layer)
+Paper:      "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning",
+            Haokun Liu et al., 2022 (NeurIPS 2022), arXiv 2205.05638.
+
+The vectors start at one, so the adapted model starts equal to the base model, and they fold into the
+weights (rows of W_k, W_v; columns of W_down), so the method is mergeable. On GPT-2's fused q|k|v
+projection only the k and v thirds of the output are rescaled (peft rescales all three; the paper
+rescales keys and values). On T5 the roles k and v name the self-attention only (see _core); the paper
+also rescales the decoder's cross-attention keys and values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from reference_impls._core import Target, Wrapper, find_targets, freeze_base, linear_dims, linear_weight, replace_modules
+
+
+@dataclass
+class IA3Config:
+    target_modules: tuple[str, ...] = ("k", "v", "down")  # roles or module-name suffixes
+    feedforward_modules: tuple[str, ...] = ("down",)      # targets whose *input* is rescaled (l_ff)
+
+
+class IA3Linear(Wrapper):
+    """Rescale a slice of the output features of `base`, or (feedforward) all of its input features."""
+
+    def __init__(self, base: nn.Module, out_features: slice, scale_input: bool) -> None:
+        super().__init__()
+        d_in, d_out = linear_dims(base)
+        self.base = base
+        self.scale_input = scale_input
+        self.features = slice(0, d_in) if scale_input else out_features
+        n = self.features.stop - self.features.start
+        # ones: the rescaled layer starts identical to the base layer
+        self.l = nn.Parameter(torch.ones(n))  # (d_in,) for feedforward, else (len(slice of d_out),)
+        self.d = d_in if scale_input else d_out
+        self.merged = False
+
+    def scale(self) -> torch.Tensor:
+        """The full rescaling vector, ones outside the adapted slice."""
+        s, f = self.l, self.features
+        if f.start == 0 and f.stop == self.d:  # the usual case; skip the copy
+            return s
+        return torch.cat([s.new_ones(f.start), s, s.new_ones(self.d - f.stop)])  # (d,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
+        if self.merged:
+            return self.base(x)
+        if self.scale_input:
+            return self.base(x * self.scale())
+        return self.base(x) * self.scale()  # (B, T, d_out); the bias is rescaled too, as in peft
+
+    @torch.no_grad()
+    def _fold(self, s: torch.Tensor) -> None:
+        W = linear_weight(self.base)  # (d_out, d_in)
+        if self.scale_input:
+            W.mul_(s[None, :])  # column j of W sees input feature j
+        else:
+            W.mul_(s[:, None])
+            if self.base.bias is not None:
+                self.base.bias.mul_(s)
+
+    def merge(self) -> None:
+        if not self.merged:
+            self._fold(self.scale())
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:  # exact only while no entry of l is 0
+            self._fold(1 / self.scale())
+            self.merged = False
+
+
+def apply(model: nn.Module, config: IA3Config) -> nn.Module:
+    freeze_base(model)
+    ff = config.feedforward_modules
+    feedforward = {t.name for t in find_targets(model, ff)} if ff else set()
+
+    def wrap(t: Target) -> IA3Linear:
+        return IA3Linear(t.module, t.out_features, scale_input=t.name in feedforward)
+
+    replace_modules(model, config.target_modules, wrap)
+    return model
+

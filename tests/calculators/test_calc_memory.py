@@ -1,0 +1,222 @@
+"""The memory estimator's terms behave as its model says (accuracy is measured in benchmarks/memory_accuracy.py)."""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from peftkb.calculators.architecture import architecture_from_config, load_model
+from peftkb.calculators.memory import CUDA_CONTEXT_BYTES, estimate_memory, parse_size, profile_of
+from peftkb.calculators.params import count_trainable
+from peftkb.errors import UsageError
+from peftkb.loader import load_catalog
+from peftkb.query import find_method
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model("llama-2-7b")
+
+
+def estimate(catalog, mid, arch, overrides=None, **kw):
+    m = find_method(catalog, mid)
+    kw.setdefault("batch", 1)
+    kw.setdefault("seq", 512)
+    return estimate_memory(m, arch, count_trainable(m, arch, overrides), overrides=overrides, **kw)
+
+
+def term(est, key):
+    return next(t.bytes for t in est.terms if t.key == key)
+
+
+def test_peak_is_static_plus_larger_phase_plus_overhead(catalog, llama):
+    est = estimate(catalog, "lora", llama)
+    def phase(name):
+        return sum(t.bytes for t in est.terms if t.phase == name)
+    assert est.allocated == phase("static") + max(phase("backward"), phase("late"), phase("step"))
+    assert est.peak == est.allocated + term(est, "overhead")
+    assert all(t.bytes >= 0 and t.formula for t in est.terms)
+
+
+def test_frozen_bf16_weights_are_two_bytes_per_parameter(catalog, llama):
+    est = estimate(catalog, "lora", llama, dtype="bf16")
+    assert term(est, "frozen_weights") == 2 * llama.n_params
+    assert term(est, "frozen_weights") == estimate(catalog, "lora", llama, dtype="fp32").terms[0].bytes // 2
+
+
+def test_adapter_weights_grads_and_adam_states_are_fp32(catalog, llama):
+    est = estimate(catalog, "lora", llama)
+    n = est.trainable
+    assert term(est, "trainable_weights") == term(est, "gradients") == term(est, "gradients_early") == 4 * n
+    assert term(est, "optimizer_states") == 8 * n
+
+
+def test_full_fine_tuning_keeps_everything_in_model_dtype(catalog, llama):
+    est = estimate(catalog, "full-fine-tuning", llama, dtype="bf16")
+    assert term(est, "frozen_weights") == 0
+    assert term(est, "trainable_weights") == 2 * llama.n_params
+    assert term(est, "optimizer_states") == 4 * llama.n_params
+    assert est.peak > 4 * 2 * llama.n_params  # weights + grads + two states
+
+
+def test_optimizer_choice_changes_only_optimizer_terms(catalog, llama):
+    adam = estimate(catalog, "full-fine-tuning", llama, optimizer="adamw")
+    sgd = estimate(catalog, "full-fine-tuning", llama, optimizer="sgd")
+    bnb = estimate(catalog, "full-fine-tuning", llama, optimizer="adamw-8bit")
+    assert term(sgd, "optimizer_states") == 0
+    assert 2 * llama.n_params <= term(bnb, "optimizer_states") < term(adam, "optimizer_states")
+    assert term(sgd, "activations") == term(adam, "activations")
+
+
+def test_qlora_stores_nf4_weights_with_constants(catalog, llama):
+    est = estimate(catalog, "qlora", llama)
+    assert est.quantize == "nf4"
+    linear = sum(m.d_in * m.d_out for m in llama.modules if m.roles)
+    rest = llama.n_params - linear
+    expected = linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + rest * 2
+    assert term(est, "frozen_weights") == pytest.approx(expected, rel=1e-9)
+    assert term(est, "frozen_weights") < 0.3 * term(estimate(catalog, "lora", llama), "frozen_weights")
+
+
+def test_quantizing_a_method_that_trains_base_weights_is_an_error(catalog, llama):
+    with pytest.raises(UsageError, match="cannot stay 4-bit"):
+        estimate(catalog, "full-fine-tuning", llama, quantize="nf4")
+
+
+def test_gradient_checkpointing_cuts_activations(catalog, llama):
+    plain = estimate(catalog, "lora", llama, batch=4, seq=1024)
+    ckpt = estimate(catalog, "lora", llama, batch=4, seq=1024, gradient_checkpointing=True)
+    assert term(ckpt, "activations") < term(plain, "activations") / 5
+
+
+def test_activations_grow_linearly_with_sdpa_and_quadratically_with_eager(catalog, llama):
+    a1, a2 = (term(estimate(catalog, "lora", llama, seq=s), "activations") for s in (512, 1024))
+    e1, e2 = (term(estimate(catalog, "lora", llama, seq=s, attention="eager"), "activations") for s in (512, 1024))
+    assert a2 == pytest.approx(2 * a1, rel=1e-6)
+    assert e2 > 2.2 * e1
+
+
+def test_prompt_tuning_lengthens_the_sequence(catalog, llama):
+    short = estimate(catalog, "prompt-tuning", llama, {"n_virtual_tokens": 8})
+    long = estimate(catalog, "prompt-tuning", llama, {"n_virtual_tokens": 512})
+    assert term(long, "activations") > 1.9 * term(short, "activations")
+    assert any("virtual tokens" in n for n in long.notes)
+
+
+def test_prefix_tuning_and_adapters_add_activations(catalog, llama):
+    base = term(estimate(catalog, "bitfit", llama), "activations")
+    assert term(estimate(catalog, "prefix-tuning", llama), "activations") > base
+    assert term(estimate(catalog, "sequential-adapter", llama), "activations") > base
+    assert term(estimate(catalog, "lora", llama), "activations") > base
+
+
+def test_full_fine_tuning_keeps_linear_inputs(catalog, llama):
+    assert term(estimate(catalog, "full-fine-tuning", llama), "activations") > \
+        term(estimate(catalog, "bitfit", llama), "activations")
+
+
+def test_cpu_device_has_no_cuda_context(catalog, llama):
+    gpu = estimate(catalog, "lora", llama, device="cuda")
+    cpu = estimate(catalog, "lora", llama, device="cpu")
+    assert term(gpu, "overhead") - term(cpu, "overhead") >= CUDA_CONTEXT_BYTES - 2**20
+
+
+def test_encoder_only_models_have_no_lm_head_terms(catalog):
+    est = estimate(catalog, "lora", load_model("bert-base"))
+    assert term(est, "head_activations") == 0 and term(est, "head_transient") == 0
+
+
+def test_t5_uses_eager_attention(catalog):
+    est = estimate(catalog, "lora", load_model("t5-base"))
+    assert est.attention == "eager"
+
+
+def test_unrecognised_method_is_flagged_approximate(llama):
+    m = NS(id="mystery", hyperparameters=[], properties=NS(trains_base_weights=False),
+           implementations=NS(peft=None), trainable_params=NS(per_target=None, per_layer="d_model", total=None,
+                                                                targets=[], exact=True, note=None))
+    assert not profile_of(m, {}, llama).recognised
+    est = estimate_memory(m, llama, count_trainable(m, llama), batch=1, seq=16)
+    assert any("approximate" in n for n in est.notes)
+
+
+@pytest.mark.parametrize("kw, message", [(dict(dtype="int8"), "--dtype"), (dict(optimizer="lion"), "--optimizer"),
+                                         (dict(quantize="int4"), "--quantize"), (dict(device="tpu"), "--device"),
+                                         (dict(attention="flash"), "--attention"), (dict(batch=0), "--batch")])
+def test_bad_options_are_usage_errors(catalog, llama, kw, message):
+    with pytest.raises(UsageError, match=message):
+        estimate(catalog, "lora", llama, **kw)
+
+
+@pytest.mark.parametrize("text, expected", [("24GB", 24 * 2**30), ("24GiB", 24 * 2**30), ("80g", 80 * 2**30),
+                                            ("512MB", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), ("16", 16 * 2**30)])
+def test_memory_sizes_parse_in_binary_units(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-4GB", "0GB", "4PB"])
+def test_bad_memory_sizes_are_usage_errors(text):
+    with pytest.raises(UsageError):
+        parse_size(text)
+
+
+# -- the activation model against the tensors autograd really keeps ------------------------------------
+TINY_LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
+
+
+def _saved_bytes(model, ids) -> int:
+    """Bytes of the distinct floating-point tensors autograd saves for backward (parameters excluded)."""
+    import torch
+
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen.setdefault(storage.data_ptr(), (storage.nbytes(), t.dtype.is_floating_point))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, (n, floating) in seen.items() if ptr not in params and floating)
+
+
+@pytest.mark.peft_oracle
+@pytest.mark.parametrize("method_id, dtype", [("lora", "fp32"), ("lora", "bf16"), ("full-fine-tuning", "fp32"),
+                                              ("full-fine-tuning", "bf16"), ("ia3", "bf16"), ("prompt-tuning", "fp32")])
+def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, dtype):
+    """activations + head terms, less the logits (alive but not saved), vs saved_tensors_hooks on a tiny Llama."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    hf = transformers.LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k != "model_type"})
+    hf._attn_implementation = "sdpa"
+    model = transformers.LlamaForCausalLM(hf).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    overrides = {}
+    if method_id == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    elif method_id == "ia3":
+        model = peft.get_peft_model(model, peft.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
+                                                          feedforward_modules=["down_proj"]))
+    elif method_id == "prompt-tuning":
+        model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20))
+        overrides = {"n_virtual_tokens": 20}
+    model.train()
+    batch, seq = 2, 64
+    saved = _saved_bytes(model, torch.randint(0, 512, (batch, seq)))
+
+    arch = architecture_from_config(TINY_LLAMA)
+    method = find_method(catalog, method_id)
+    est = estimate_memory(method, arch, count_trainable(method, arch, overrides), batch=batch, seq=seq, dtype=dtype,
+                          device="cpu", overrides=overrides)
+    p = 4 if dtype == "fp32" else 2
+    tokens = batch * (seq + overrides.get("n_virtual_tokens", 0))
+    modelled = term(est, "activations") + term(est, "head_activations") - p * arch.vocab_size * tokens
+    assert modelled == pytest.approx(saved, rel=0.06)

@@ -1,0 +1,151 @@
+"""`peftkb params`, `peftkb memory` and `peftkb fit`, run as a user runs them."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, run_cli
+
+
+def ok(*args: str, **kw) -> str:
+    result = run_cli(*args, **kw)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def fails(code: int, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    result = run_cli(*args, **kw)
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    return result
+
+
+# -- params --------------------------------------------------------------------------------------------
+def test_params_fixture_lora_r32_q_v_on_llama_32_3b():
+    data = json.loads(ok("params", "lora", "--model", "llama-3.2-3b", "--set", "r=32", "--set", "alpha=64",
+                         "--targets", "q_proj,v_proj", "--format", "json"))
+    assert data["trainable"] == 9_175_040
+    assert data["n_params"] == 3_212_749_824
+    assert data["values"]["r"] == 32 and data["values"]["target_modules"] == ["q_proj", "v_proj"]
+    assert {row["module"]: row["count"] for row in data["breakdown"]} == {"self_attn.q_proj": 28,
+                                                                        "self_attn.v_proj": 28}
+
+
+def test_params_table_shows_breakdown_total_and_percent():
+    out = ok("params", "lora", "--model", "llama-3.2-3b", "--set", "r=32", "-t", "q_proj,v_proj")
+    assert "9,175,040 trainable parameters" in out and "0.2856% of 3,212,749,824" in out
+    assert re.search(r"self_attn\.q_proj\s+q\s+28\s+3072\s+3072", out)
+    assert re.search(r"total\s+9,175,040", out)
+
+
+def test_params_accepts_a_config_file_and_a_model_folder(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    by_file = json.loads(ok("params", "lora", "--model", str(tmp_path / "config.json"), "-f", "json"))
+    by_folder = json.loads(ok("params", "lora", "--model", str(tmp_path), "-f", "json"))
+    assert by_file["trainable"] == by_folder["trainable"] == 2 * 8 * ((64 + 64) + (64 + 32))
+
+
+def test_params_compare_prints_one_table():
+    out = ok("params", "lora", "--model", "llama-2-7b", "--compare", "ia3,prompt-tuning,full-fine-tuning",
+             "--format", "csv")
+    lines = out.strip().splitlines()
+    assert lines[0] == "method,trainable,percent,exact,formula"
+    rows = {line.split(",")[0]: line.split(",")[1] for line in lines[1:]}
+    assert rows == {"lora": "4194304", "ia3": "614400", "prompt-tuning": "81920", "full-fine-tuning": "6738415616"}
+
+
+def test_params_compare_json_carries_every_method():
+    data = json.loads(ok("params", "--model", "gpt2", "--compare", "lora,bitfit", "--set", "r=4", "-f", "json"))
+    assert [m["method"] for m in data["methods"]] == ["lora", "bitfit"]
+    assert data["methods"][0]["trainable"] == 12 * 4 * (768 + 2304)
+    assert data["methods"][1]["trainable"] == 102_144
+
+
+def test_unknown_method_exits_1_with_suggestion():
+    result = fails(1, "params", "lroa", "--model", "llama-2-7b")
+    assert "did you mean" in result.stderr and "'lora'" in result.stderr
+
+
+def test_unknown_preset_exits_1_with_suggestion():
+    result = fails(1, "params", "lora", "--model", "llama-2-7")
+    assert "did you mean 'llama-2-7b'" in result.stderr
+
+
+def test_method_without_formula_exits_2(kb):
+    text = kb.read("prompt-tuning.yaml")
+    text = re.sub(r"(?m)^trainable_params:\n(?:[ \t]+.*\n)+", "", text)
+    assert "trainable_params" not in text
+    kb.write("prompt-tuning.yaml", text)
+    result = fails(2, "params", "prompt-tuning", "--model", "gpt2", root=kb.root)
+    assert "no trainable-parameter formula" in result.stderr
+
+
+def test_bad_set_and_bad_target_exit_2():
+    assert "has no hyperparameter 'rank'" in fails(2, "params", "lora", "-m", "gpt2", "--set", "rank=4").stderr
+    assert "matches no linear module" in fails(2, "params", "lora", "-m", "gpt2", "-t", "q_proj").stderr
+
+
+def test_params_imports_no_torch():
+    code = ("import sys\n"
+            "from peftkb.cli import app\n"
+            "try:\n"
+            "    app(['params', 'lora', '--model', 'llama-2-7b', '--format', 'json'], standalone_mode=False)\n"
+            "finally:\n"
+            "    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    payload, _, flag = result.stdout.rstrip().rpartition("\n")
+    assert flag == "NO-TORCH"
+    assert json.loads(payload)["trainable"] == 4_194_304
+
+
+# -- memory and fit -----------------------------------------------------------------------------------
+def test_memory_json_has_every_term_and_consistent_peak():
+    data = json.loads(ok("memory", "qlora", "--model", "llama-2-7b", "--batch", "2", "--seq", "256", "-f", "json"))
+    terms = {t["term"]: t["bytes"] for t in data["terms"]}
+    assert {"frozen_weights", "trainable_weights", "gradients", "optimizer_states", "activations",
+            "overhead"} <= set(terms)
+    assert data["quantize"] == "nf4" and data["params"]["trainable"] == 159_907_840
+    assert data["peak_bytes"] == data["allocated_bytes"] + terms["overhead"]
+
+
+def test_memory_explain_shows_formulas():
+    out = ok("memory", "lora", "--model", "llama-2-7b", "--batch", "1", "--seq", "128", "--explain")
+    assert "formula" in out
+    assert "(n_params - trained base weights) * p" in out
+    assert "L*B*S'" in out and "note: activation profile: lowrank" in out
+
+
+def test_memory_options_change_the_estimate():
+    def peak(*extra):
+        return json.loads(ok("memory", "lora", "-m", "llama-2-7b", "--seq", "1024", "-b", "4", "-f", "json",
+                             *extra))["peak_bytes"]
+    base = peak()
+    assert peak("--gradient-checkpointing") < base
+    assert peak("--dtype", "fp32") > base
+    assert peak("--quantize", "nf4") < base
+
+
+def test_memory_bad_dtype_exits_2():
+    assert "--dtype" in fails(2, "memory", "lora", "-m", "gpt2", "--dtype", "int3").stderr
+
+
+def test_fit_lists_fitting_methods_smallest_first():
+    data = json.loads(ok("fit", "--model", "llama-2-7b", "--memory", "24GB", "--format", "json"))
+    rows = data["methods"]
+    ids = [r["method"] for r in rows]
+    assert "qlora" in ids and "lora" in ids and "full-fine-tuning" not in ids
+    assert all(r["fits"] for r in rows)
+    sizes = [r["GiB"] for r in rows]
+    assert sizes == sorted(sizes)
+    everything = json.loads(ok("fit", "--model", "llama-2-7b", "--memory", "24GB", "--all", "-f", "json"))
+    assert any(r["method"] == "full-fine-tuning" and not r["fits"] for r in everything["methods"])
+
+
+def test_fit_bad_memory_exits_2():
+    assert "--memory" in fails(2, "fit", "--model", "gpt2", "--memory", "lots").stderr

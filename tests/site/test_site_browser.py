@@ -1,0 +1,157 @@
+"""Drive a real browser (Debian's chromium, through playwright) over the built site, served on 127.0.0.1.
+
+Checks what a reader relies on: navigation from home to a category and a method, rendered math, the BibTeX
+block, the search box, the mermaid taxonomy diagram, no request leaving the machine, no console error.
+Screenshots land in pytest's tmp_path.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from peftkb.loader import find_root
+from peftkb.site.render import build_site
+
+CHROMIUM = Path("/usr/bin/chromium")
+SITE = Path(__file__).resolve().parents[2] / "site"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+
+def _need_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must run the browser test")
+    pytest.skip(message)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url(tmp_path_factory: pytest.TempPathFactory):
+    """Build the real site into a temp folder and serve it on 127.0.0.1 (a free port)."""
+    _need_chromium()
+    pytest.importorskip("playwright.sync_api")
+    out = tmp_path_factory.mktemp("site")
+    report = build_site(find_root(), site_dir=SITE, docs_dir=out / "docs", build_dir=out / "build")
+    handler = functools.partial(_QuietHandler, directory=str(report.build_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def page(site_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(15_000)
+        pg.requests = []  # every URL the page asked for
+        pg.errors = []  # console errors and uncaught exceptions
+        pg.on("request", lambda r: pg.requests.append(r.url))
+        pg.on("console", lambda m: pg.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        pg.on("pageerror", lambda e: pg.errors.append(f"exception: {e}"))
+        yield pg
+        context.close()
+        browser.close()
+
+
+def _offsite(urls: list[str]) -> list[str]:
+    return [u for u in urls if urlsplit(u).scheme not in ("data", "blob", "about")
+            and urlsplit(u).hostname != "127.0.0.1"]
+
+
+def test_reader_journey(page, site_url, tmp_path):
+    from playwright.sync_api import expect
+
+    # home
+    page.goto(site_url)
+    expect(page.locator("h1")).to_contain_text("peftkb")
+    page.screenshot(path=str(tmp_path / "1-home.png"), full_page=True)
+
+    # home -> the reparameterized category
+    page.locator("article").get_by_role("link", name="Reparameterized Fine-tuning", exact=True).first.click()
+    expect(page).to_have_url(re.compile(r"/taxonomy/reparameterized/index\.html$"))
+    expect(page.locator("h1")).to_have_text(re.compile(r"Reparameterized Fine-tuning"))
+    page.screenshot(path=str(tmp_path / "2-reparameterized.png"), full_page=True)
+
+    # category -> LoRA
+    page.locator("article table").get_by_role("link", name="LoRA", exact=True).first.click()
+    expect(page).to_have_url(re.compile(r"/methods/lora\.html$"))
+    # the parameter-count formula, rendered by KaTeX into real math markup
+    formula = page.locator(".arithmatex .katex-display").first
+    expect(formula).to_be_visible()
+    assert formula.locator(".katex-html").inner_text().strip(), "math rendered empty"
+    # a copyable BibTeX block for the paper
+    bibtex = page.locator(".highlight", has_text=re.compile(r"@\w+\{hu\d{4}lora,")).first
+    expect(bibtex).to_be_visible()
+    expect(bibtex.locator("button[data-md-type=copy], button.md-clipboard")).to_have_count(1)  # copy button
+    page.screenshot(path=str(tmp_path / "3-lora.png"), full_page=True)
+
+    # search: Material ignores fill(), so type like a person and follow the hit
+    page.locator("label.md-search__icon, .md-search__input").first.click()
+    page.locator("input.md-search__input").click()
+    page.keyboard.type("prefix", delay=40)
+    hit = page.locator(".md-search-result__item a[href*='methods/prefix-tuning.html']").first
+    expect(hit).to_be_visible()
+    page.screenshot(path=str(tmp_path / "4-search.png"))
+    hit.click()
+    expect(page).to_have_url(re.compile(r"/methods/prefix-tuning\.html"))
+    expect(page.locator("h1")).to_contain_text("Prefix")
+
+    # the taxonomy diagram: Material swaps the <pre class="mermaid"> source for a <div class="mermaid"> host
+    # holding the SVG (in a closed shadow root), so a rendered diagram is a div with a real height
+    page.goto(site_url + "taxonomy/index.html")
+    page.wait_for_function(
+        "() => { const d = document.querySelector('div.mermaid');"
+        " return d !== null && d.getBoundingClientRect().height > 50; }")
+    assert page.locator("pre.mermaid").count() == 0, "a mermaid source block was left unrendered"
+    height = page.locator("div.mermaid").first.bounding_box()["height"]
+    assert height > 50, height
+    page.screenshot(path=str(tmp_path / "5-taxonomy.png"), full_page=True)
+
+    assert _offsite(page.requests) == [], "requests left 127.0.0.1"
+    assert page.errors == []
+
+
+def test_comparison_filters_rows(page, site_url, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(site_url + "comparison.html")
+    rows = page.locator("[data-pk-compare] tbody tr")
+    total = rows.count()
+    assert total > 5
+    page.select_option("select[data-filter=mergeable]", "true")
+    visible = page.locator("[data-pk-compare] tbody tr:not([hidden])")
+    assert 0 < visible.count() < total
+    page.select_option("select[data-filter=cat]", "reparameterized")
+    for row_id in visible.evaluate_all("rows => rows.map(r => r.dataset.cat)"):
+        assert row_id.startswith("reparameterized")
+    expect(page.locator("[data-count]")).to_contain_text(f"of {total} methods")
+    page.screenshot(path=str(tmp_path / "compare.png"))
+    page.locator("[data-reset]").click()
+    assert visible.count() == total
+    assert _offsite(page.requests) == []
+    assert page.errors == []

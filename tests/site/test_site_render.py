@@ -1,0 +1,247 @@
+"""The site renderer: pages for everything, JSON API equal to the CLI's JSON, escaping, failing builds."""
+from __future__ import annotations
+
+import ast
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from peftkb.cli import app
+from peftkb.loader import find_root
+from peftkb.site.render import (SiteError, build_site, check_site, count_latex, fence, md_text, mermaid_label,
+                                peft_snippet, safe_url)
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "site"
+
+
+def _nav_pages(nav: list) -> set[str]:
+    out: set[str] = set()
+    for item in nav:
+        if isinstance(item, str):
+            out.add(item)
+        elif isinstance(item, dict):
+            for value in item.values():
+                out |= _nav_pages(value) if isinstance(value, list) else {value}
+        elif isinstance(item, list):
+            out |= _nav_pages(item)
+    return out
+
+
+def _cli_json(root: Path, *args: str):
+    """What `peftkb --root ROOT ARGS --format json` prints, run in-process."""
+    from peftkb.cli import common
+
+    cached = getattr(common, "catalog", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()  # another test may have loaded a different knowledge base
+    before = os.environ.get("PEFTKB_ROOT")
+    try:
+        result = CliRunner().invoke(app, ["--root", str(root), *args, "--format", "json"])
+    finally:  # --root sets $PEFTKB_ROOT for the process; leave it as it was
+        if before is None:
+            os.environ.pop("PEFTKB_ROOT", None)
+        else:
+            os.environ["PEFTKB_ROOT"] = before
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# -- the real catalog -----------------------------------------------------------------------------
+def test_every_method_has_a_page(rendered):
+    for m in rendered.catalog.methods:
+        page = rendered.docs / "methods" / f"{m.id}.md"
+        assert page.is_file(), m.id
+        assert f"# {md_text(m.name)}" in page.read_text(encoding="utf-8")
+
+
+def test_every_category_has_a_page(rendered):
+    for c in rendered.catalog.categories:
+        assert (rendered.docs / "taxonomy" / c.id / "index.md").is_file(), c.id
+
+
+def test_fixed_pages_exist(rendered):
+    for page in ("index.md", "taxonomy/index.md", "methods/index.md", "comparison.md", "timeline.md",
+                 "survey.md", "api.md"):
+        assert (rendered.docs / page).is_file(), page
+
+
+def test_nav_lists_every_page(rendered):
+    assert _nav_pages(rendered.result.nav) == set(rendered.result.pages)
+
+
+def test_json_api_methods_equals_cli_list(rendered):
+    api = json.loads((rendered.docs / "api" / "methods.json").read_text(encoding="utf-8"))
+    assert api == _cli_json(rendered.root, "list")
+
+
+def test_json_api_method_equals_cli_show(rendered):
+    for m in rendered.catalog.methods:
+        api = json.loads((rendered.docs / "api" / "methods" / f"{m.id}.json").read_text(encoding="utf-8"))
+        assert api == _cli_json(rendered.root, "show", m.id), m.id
+
+
+def test_json_api_taxonomy_equals_cli_tree(rendered):
+    api = json.loads((rendered.docs / "api" / "taxonomy.json").read_text(encoding="utf-8"))
+    assert api == _cli_json(rendered.root, "tree")
+
+
+def test_method_page_carries_aliases_for_search(rendered):
+    for m in rendered.catalog.methods:
+        text = (rendered.docs / "methods" / f"{m.id}.md").read_text(encoding="utf-8")
+        for alias in m.aliases:
+            assert str(md_text(alias)) in text, (m.id, alias)
+
+
+def test_formula_is_emitted_as_math(rendered):
+    text = (rendered.docs / "methods" / "lora.md").read_text(encoding="utf-8")
+    lora = next(m for m in rendered.catalog.methods if m.id == "lora")
+    assert "$$\nN = " + count_latex(lora.trainable_params) in text
+
+
+def test_papers_get_a_bibtex_block(rendered):
+    text = (rendered.docs / "methods" / "lora.md").read_text(encoding="utf-8")
+    assert re.search(r"^```bibtex\n@\w+\{hu\d{4}lora,$", text, re.M)
+
+
+def test_category_page_lists_its_methods(rendered):
+    text = (rendered.docs / "taxonomy" / "reparameterized" / "index.md").read_text(encoding="utf-8")
+    for m in rendered.catalog.methods:
+        if m.category.split("/")[0] == "reparameterized":
+            assert f"(../../methods/{m.id}.md)" in text, m.id
+
+
+def test_medium_confidence_is_not_presented_as_the_survey_saying(rendered):
+    for m in rendered.catalog.methods:
+        text = (rendered.docs / "methods" / f"{m.id}.md").read_text(encoding="utf-8")
+        if m.survey.confidence == "high":
+            assert '!!! success "Placed by the survey"' in text
+        else:
+            assert "Placed by the survey" not in text, m.id
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def test_md_text_makes_markdown_and_html_inert():
+    out = str(md_text('<script>alert("x")</script> [a](javascript:alert(1)) **b** | `c` $d$'))
+    assert "<" not in out and ">" not in out and "[" not in out and "`" not in out and "$" not in out
+    assert html.unescape(out) == '<script>alert("x")</script> [a](javascript:alert(1)) **b** | `c` $d$'
+
+
+def test_fence_outlasts_backticks_inside():
+    block = str(fence("a\n````\nb", "text"))
+    assert block.startswith("`````text\n") and block.endswith("\n`````")
+
+
+def test_only_http_urls_are_links():
+    assert safe_url("https://arxiv.org/abs/2106.09685") == "https://arxiv.org/abs/2106.09685"
+    for bad in ("javascript:alert(1)", "data:text/html,x", "ftp://x.org/a", "//evil.org", "/local", None, ""):
+        assert safe_url(bad) is None
+
+
+def test_mermaid_labels_escape_syntax():
+    assert mermaid_label('a "b" <c> #d') == "a #quot;b#quot; #lt;c#gt; #35;d"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_peft_snippets_use_real_config_keywords(rendered):
+    peft = pytest.importorskip("peft")
+    import dataclasses
+
+    for m in rendered.catalog.methods:
+        snippet = peft_snippet(m)
+        if not snippet or "config = " not in snippet:
+            continue
+        tree = ast.parse(snippet)
+        call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                    and n.func.id == m.implementations.peft.config)
+        cls = getattr(peft, call.func.id)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for kw in call.keywords:
+            assert kw.arg in fields, (m.id, kw.arg)
+        try:
+            cls(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})  # the snippet's config is valid
+        except ImportError:  # some configs need an optional package (e.g. AdaMSS: scikit-learn)
+            continue
+
+
+# -- building -----------------------------------------------------------------------------------------
+MALICIOUS_SUMMARY = ('<script>alert("pwned")</script> <img src=x onerror=alert(2)> [click me](javascript:alert(3)) '
+                     "**not bold** $x$ | pipe {: .cls } :smile:")
+MALICIOUS_NAME = "LoRA<img src=x onerror=alert(4)>"
+
+
+def test_catalog_text_is_escaped_in_the_built_site(kb, tmp_path):
+    kb.edit("lora.yaml", "name: LoRA\n", f"name: '{MALICIOUS_NAME}'\n")
+    text = kb.read("lora.yaml")
+    start = text.index("summary: >-")
+    end = text.index("papers:")
+    kb.write("lora.yaml", text[:start] + f"summary: '{MALICIOUS_SUMMARY}'\n" + text[end:])
+    report = build_site(kb.root, site_dir=SITE, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build")
+    page = (report.build_dir / "methods" / "lora.html").read_text(encoding="utf-8")
+    assert "pwned" in page  # the summary is there...
+    assert '<script>alert("pwned")' not in page  # ...but never as markup
+    assert not re.search(r"""<img[^>]*onerror""", page)
+    assert "javascript:" not in re.sub(r"&#\d+;", "", " ".join(re.findall(r'href="([^"]*)"', page)))
+    assert "<strong>not bold</strong>" not in page
+    # what a reader sees is the original text
+    visible = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert MALICIOUS_SUMMARY.replace("  ", " ") in visible
+    assert MALICIOUS_NAME in visible
+    # the search index holds the name as text, not markup
+    index = json.loads((report.build_dir / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert not any("<img src=x" in (doc.get("title", "") + doc.get("text", "")) for doc in index["docs"])
+    problems, _ = check_site(report.build_dir)
+    assert problems == []
+
+
+def test_template_error_fails_with_file_and_line(tmp_path, copy_site):
+    site = copy_site(tmp_path / "site")
+    api = site / "templates" / "api.md.j2"
+    api.write_text(api.read_text(encoding="utf-8") + "\n{{ no_such_variable }}\n", encoding="utf-8")
+    with pytest.raises(SiteError, match=r"api\.md\.j2:\d+: .*no_such_variable"):
+        build_site(find_root(), site_dir=site, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build")
+
+
+def test_broken_markdown_link_fails_the_build(tmp_path, copy_site, kb):
+    site = copy_site(tmp_path / "site")
+    api = site / "templates" / "api.md.j2"
+    api.write_text(api.read_text(encoding="utf-8") + "\n[gone](no-such-page.md)\n", encoding="utf-8")
+    with pytest.raises(SiteError, match="strict"):
+        build_site(kb.root, site_dir=site, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build")
+
+
+def test_broken_html_link_fails_the_build(tmp_path, copy_site, kb):
+    site = copy_site(tmp_path / "site")
+    api = site / "templates" / "api.md.j2"
+    api.write_text(api.read_text(encoding="utf-8") + '\n<p><a href="gone.html">gone</a></p>\n', encoding="utf-8")
+    with pytest.raises(SiteError, match=r"api\.html: broken link 'gone\.html'"):
+        build_site(kb.root, site_dir=site, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build")
+
+
+def test_link_check_finds_broken_and_offsite_links(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "ok.html").write_text('<p id="here">x</p>', encoding="utf-8")
+    (tmp_path / "sub" / "page.html").write_text(
+        '<a href="../ok.html#here">fine</a><a href="https://example.org/">fine</a><a href="#top">bad anchor</a>'
+        '<a href="../gone.html">broken</a><a href="../ok.html#nowhere">bad anchor</a>'
+        '<script src="https://cdn.example.org/x.js"></script><a href="javascript:alert(1)">js</a>',
+        encoding="utf-8")
+    problems, checked = check_site(tmp_path)
+    assert checked == 7
+    assert len(problems) == 5, problems
+    assert any("gone.html" in p for p in problems) and any("cdn.example.org" in p for p in problems)
+    assert any("javascript" in p for p in problems)
+
+
+def test_cli_build_error_is_a_message_not_a_traceback(cli, kb, copy_site):
+    site = copy_site(kb.root / "site")
+    tpl = site / "templates" / "home.md.j2"
+    tpl.write_text(tpl.read_text(encoding="utf-8") + "\n{% if %}\n", encoding="utf-8")
+    result = cli("docs", "build", root=kb.root)
+    assert result.returncode == 2
+    assert "home.md.j2" in result.stderr and "Traceback" not in result.stderr
