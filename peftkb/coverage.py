@@ -42,7 +42,8 @@ class Gap:
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.casefold().replace("^3", "3").replace("³", "3"))
+    folded = text.casefold().replace("^3", "3").replace("³", "3").replace("+", "plus")  # LoRA+ is not LoRA
+    return re.sub(r"[^a-z0-9]", "", folded)
 
 
 def _names(m: Method) -> set[str]:
