@@ -86,7 +86,7 @@ def search(catalog: Catalog, text: str) -> list[tuple[float, Method]]:
                 if folded == phrase:
                     score += weight * 3
                 elif phrase in folded:
-                    score += weight * 1.5
+                    score += weight * 5  # the whole phrase inside a field beats scattered words
                 words = set(_words(value))
                 score += weight * sum(1 for t in terms if t in words)
                 score += weight * 0.3 * sum(1 for t in terms if t not in words and any(w.startswith(t) for w in words))

@@ -40,7 +40,9 @@ def test_formula_evaluates_to_a_positive_count(method_id):
     if m.trainable_params.exact:
         assert total == int(total), f"{method_id}: {total} is not a whole count"
     assert total >= 0
-    if m.id not in ("bitfit",):  # BitFit trains nothing on a bias-free model
+    # zero at the defaults, by design: bias methods on a bias-free model; peft's empty defaults
+    # (no trainable tokens listed, no LoRA experts given to X-LoRA)
+    if m.id not in ("bitfit", "u-s-bitfit", "trainable-tokens", "xlora"):
         assert total > 0
 
 

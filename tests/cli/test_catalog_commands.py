@@ -152,7 +152,8 @@ def test_search_without_hits_exits_1():
 def test_tree_counts_include_subtrees():
     nested = json.loads(ok("tree", "-f", "json"))
     reparam = next(n for n in nested if n["id"] == "reparameterized")
-    assert reparam["methods"] == sum(c["methods"] for c in reparam["children"])
+    direct = [m for m in json.loads(ok("list", "-f", "json")) if m["category"] == "reparameterized"]
+    assert reparam["methods"] == len(direct) + sum(c["methods"] for c in reparam["children"])
     assert [n["id"] for n in nested][:5] == ["additive", "partial", "reparameterized", "hybrid", "unified"]
     text = ok("tree")
     assert "  LoRA Derivatives [reparameterized/lora-derivatives]" in text
