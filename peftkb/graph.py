@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from peftkb.errors import NotFoundError, did_you_mean
-from peftkb.model import RELATION_KINDS, Catalog, Method
+from peftkb.model import LINEAGE_KINDS, RELATION_KINDS, Catalog, Method
 
 
 def cat(cid: str) -> str:
@@ -69,7 +69,7 @@ class KnowledgeGraph:
     # -- lineage ----------------------------------------------------------------------------------
     def _lineage(self) -> nx.DiGraph:
         return nx.subgraph_view(self.g, filter_node=lambda n: n.startswith("m:"),
-                                filter_edge=lambda u, v: self.g.edges[u, v]["kind"] in RELATION_KINDS)
+                                filter_edge=lambda u, v: self.g.edges[u, v]["kind"] in LINEAGE_KINDS)
 
     def _require(self, method_id: str) -> str:
         if method_id not in self.methods:

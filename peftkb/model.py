@@ -105,12 +105,27 @@ class Paper(Strict):
         return value
 
 
+class DefaultSource(Strict):
+    """Where a hyperparameter's default comes from. Prefer the paper; say which library and version otherwise."""
+
+    kind: Literal["paper", "authors-code", "library"]
+    ref: str = Field(min_length=1, description="e.g. '§4.1, Table 9', 'peft 0.21.2 LoraConfig.lora_alpha', "
+                                                "'authors' repo path/file.py @ commit'")
+    url: str | None = None
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+
+
 class Hyperparameter(Strict):
     name: str = Field(pattern=IDENTIFIER_RE.pattern)
     type: Literal["int", "float", "bool", "str", "list[str]", "list[int]"]
     default: Any = None
     meaning: str = Field(min_length=1)
-    range: str | None = None
+    range: str | None = Field(None, description="allowed values: '[lo, hi]', '(lo, hi)', '[lo, hi)', 'lo..hi' "
+                                                 "(= [lo, hi]), '>= x', '> x'; bounds are formulas or inf")
+    source: DefaultSource | None = Field(None, description="where the default comes from")
+    differs: str | None = Field(None, description="where the paper, the authors' code and libraries disagree "
+                                                  "on the default, e.g. 'peft 0.21.2: 8; authors' scripts: 16'")
 
     @model_validator(mode="after")
     def _default_has_type(self) -> "Hyperparameter":
@@ -175,13 +190,17 @@ class Relations(Strict):
     extends: list[str] = []
     combines: list[str] = []
     generalizes: list[str] = []
+    related_to: list[str] = Field([], description="an undirected link, e.g. to a later method this one anticipates; "
+                                                  "no chronology implied")
 
     def edges(self) -> list[tuple[str, str]]:
         """(relation, target id) pairs, in a fixed order."""
         return [(kind, target) for kind in RELATION_KINDS for target in getattr(self, kind)]
 
 
-RELATION_KINDS = ("variant_of", "extends", "combines", "generalizes")
+RELATION_KINDS = ("variant_of", "extends", "combines", "generalizes", "related_to")
+#: The relations that say "this method comes after its target": the target cannot be later in time.
+LINEAGE_KINDS = ("variant_of", "extends", "combines", "generalizes")
 
 
 class PeftImpl(Strict):

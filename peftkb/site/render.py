@@ -162,9 +162,9 @@ OVERHEAD_NAMES = {"none": "none", "none-when-merged": "none once merged",
 FLAG_NAMES = {"changes_sequence_length": "Changes sequence length", "needs_quantized_base": "Needs a quantised base",
               "supports_multi_task": "Multi-task", "trains_base_weights": "Trains base weights"}
 RELATION_NAMES = {"variant_of": "variant of", "extends": "extends", "combines": "combines",
-                  "generalizes": "generalises"}
+                  "generalizes": "generalises", "related_to": "related to"}
 INVERSE_RELATION_NAMES = {"variant_of": "has variant", "extends": "extended by", "combines": "combined in",
-                          "generalizes": "generalised by"}
+                          "generalizes": "generalised by", "related_to": "related to"}
 CONFIDENCE_TEXT = {
     "high": "confirmed from a rendering of the survey's taxonomy figure",
     "medium": "recalled from the survey's v1 figure and Section III, not checked against its text",
