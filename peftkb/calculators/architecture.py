@@ -13,7 +13,7 @@ returns an `Architecture`:
 Which class is counted (`Architecture.head_class`):
 
     bert, roberta            BertModel / RobertaModel with the pooler, no task head (heads vary by task)
-    t5                       T5ForConditionalGeneration (lm_head counted only when untied, as in T5 v1.1)
+    t5                       T5ForConditionalGeneration (lm_head tied to the shared embedding: see below)
     gpt2                     GPT2LMHeadModel
     llama, mistral, qwen2,   <Family>ForCausalLM; lm_head counted when tie_word_embeddings is false
     gemma2, falcon
@@ -29,6 +29,11 @@ Choices that a reader of a breakdown should know:
 - **n_layers** is the number of Transformer blocks: num_hidden_layers, or for T5 encoder blocks + decoder
   blocks (num_layers + num_decoder_layers). A `per_layer` formula is therefore counted once per block of
   either stack.
+- **T5's lm_head.** transformers 5 ties it to `shared` whatever the config says (T5Config keeps
+  `tie_word_embeddings: false` of T5 v1.1 / Flan-T5 only as "do not rescale the decoder output" and forces
+  the tie), so a T5 v1.1 config counts one vocab x d_model matrix less than its published size. With a 4.x
+  transformers installed (read from the package metadata, nothing imported) an untied config keeps its own
+  lm_head, as 4.x builds it.
 - Missing config keys take the default of the transformers config class of the family (checked by tests).
 """
 from __future__ import annotations
@@ -200,6 +205,16 @@ class _Builder:
         self.modules.append(LinearModule(name, kind, roles, d_in, d_out, bias, layer, stack, cross))
 
 
+def _transformers_major() -> int:
+    """Major version of the installed transformers, read from its metadata (no import); 5 when absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformers").split(".", 1)[0])
+    except (PackageNotFoundError, ValueError):
+        return 5
+
+
 def model_type_of(cfg: dict[str, Any]) -> str | None:
     model_type = cfg.get("model_type")
     if isinstance(model_type, str):
@@ -318,7 +333,8 @@ def _t5(c: _Config, family: str) -> dict[str, Any]:
     buckets = c.int("relative_attention_num_buckets", default=32)
     proj = str(c.get("feed_forward_proj", default="relu"))
     gated = proj.startswith("gated-")
-    tied = c.flag("tie_word_embeddings", default=True)
+    # transformers 5 forces T5Config.tie_word_embeddings to True (see the module docstring)
+    tied = c.flag("tie_word_embeddings", default=True) or _transformers_major() >= 5
     inner = heads * d_kv
 
     b = _Builder()
