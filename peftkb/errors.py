@@ -8,6 +8,7 @@ from collections.abc import Iterable
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3  # an unexpected exception: a bug, reported in one line (traceback with --debug)
 
 
 @dataclass(frozen=True, order=True)

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from peftkb import __version__
-from peftkb.errors import EXIT_BAD_INPUT, CatalogError, PeftkbError
+from peftkb.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CatalogError, PeftkbError
 
 app = typer.Typer(
     name="peftkb",
@@ -37,8 +37,11 @@ def _root(
     root: Optional[Path] = typer.Option(None, "--root", help="Knowledge-base folder (default: this checkout; or $PEFTKB_ROOT).",
                                         file_okay=False, exists=True),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an internal error."),
 ) -> None:
     """Explore the PEFT knowledge base: methods, taxonomy, lineage, citations and parameter counts."""
+    if debug:
+        os.environ["PEFTKB_DEBUG"] = "1"
     if root is not None:
         os.environ["PEFTKB_ROOT"] = str(root.resolve())
 
@@ -51,8 +54,16 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"peftkb.cli.{_name}").register(app)
 
 
+def _debug() -> bool:
+    return bool(os.environ.get("PEFTKB_DEBUG")) or "--debug" in sys.argv[1:]
+
+
 def main() -> None:
-    """Console-script entry point: known errors become a message and an exit code, never a traceback."""
+    """Console-script entry point: every error becomes one line and an exit code, never a traceback.
+
+    Exit codes: 0 ok, 1 not found, 2 bad input or invalid data, 3 internal error (a bug: the
+    traceback is shown with `peftkb --debug ...` or PEFTKB_DEBUG=1), 130 interrupted.
+    """
     try:
         app(prog_name="peftkb")
     except CatalogError as exc:
@@ -71,5 +82,14 @@ def main() -> None:
     except SystemExit:
         raise
     except OSError as exc:
+        if _debug():
+            raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:  # the last resort: a bug must never look like "not found" or "bad input"
+        if _debug():
+            raise
+        message = str(exc).splitlines()[0][:300] if str(exc) else ""
+        sys.stderr.write(f"internal error: {type(exc).__name__}" + (f": {message}" if message else "")
+                         + " (a bug in peftkb; re-run as `peftkb --debug ...` for the traceback)\n")
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,71 @@
+"""No traceback, ever, for bad input: each case is one clear line on stderr and exit 2 (1 for not found).
+
+An unexpected exception (a bug) is one line naming it, with a hint to re-run with --debug, and exit 3,
+so a crash can never look like "not found" or "bad input".
+"""
+from __future__ import annotations
+
+import pytest
+
+import peftkb.cli as cli
+from peftkb.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NOT_FOUND, CatalogError, NotFoundError, Problem, UsageError
+from tests.conftest import run_cli
+
+
+def no_traceback(result, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    return result.stderr
+
+
+# -- the last-resort handler (peftkb.cli.main) -----------------------------------------------------
+def _main_with(monkeypatch, capsys, exc: BaseException, *argv: str) -> tuple[int, str]:
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.setattr("sys.argv", ["peftkb", *argv])
+    monkeypatch.delenv("PEFTKB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code, capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_3(monkeypatch, capsys):
+    code, err = _main_with(monkeypatch, capsys, ZeroDivisionError("division by zero"), "list")
+    assert code == EXIT_INTERNAL == 3
+    assert err.count("\n") == 1
+    assert "ZeroDivisionError: division by zero" in err and "--debug" in err
+
+
+def test_with_debug_the_traceback_is_shown(monkeypatch, capsys):
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.setattr("sys.argv", ["peftkb", "--debug", "list"])
+    with pytest.raises(ZeroDivisionError):
+        cli.main()
+
+
+@pytest.mark.parametrize("exc, code", [
+    (NotFoundError("no method 'x'"), EXIT_NOT_FOUND),
+    (UsageError("bad"), EXIT_BAD_INPUT),
+    (CatalogError([Problem("catalog/x.yaml", 3, 1, "year", "bad year")]), EXIT_BAD_INPUT),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), EXIT_INTERNAL),
+    (RecursionError("maximum recursion depth exceeded"), EXIT_INTERNAL),
+])
+def test_expected_errors_keep_their_codes_and_bugs_get_3(monkeypatch, capsys, exc, code):
+    got, err = _main_with(monkeypatch, capsys, exc, "list")
+    assert got == code, err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
+    code, err = _main_with(monkeypatch, capsys, KeyboardInterrupt(), "list")
+    assert code == 130 and err == ""
+
+
+def test_debug_is_a_root_option():
+    result = run_cli("--debug", "show", "lora", "-f", "ids")
+    assert no_traceback(result, 0) == "" and result.stdout.strip() == "lora"
