@@ -2,7 +2,8 @@
 
 Checks, in order: file size and YAML safety (yamlsafe), schema and types (pydantic, unknown fields
 rejected), file name equals id, unique ids and aliases (case-insensitive), categories and survey leaves
-exist, relation targets exist, no cycle in `variant_of`/`extends`, formula syntax and symbols,
+exist, relation targets exist, no cycle in `variant_of`/`extends`, lineage points back in time (a
+method cannot be a variant of a later one; `related_to` is exempt), formula syntax and symbols,
 reference implementation path inside `reference_impls/` and existing.
 
 A validated catalog is cached as JSON (see `peftkb.cache`), so commands after the first skip YAML
@@ -19,7 +20,7 @@ from peftkb.cache import (CATALOG_DIR, IMPL_DIR, TAXONOMY_FILE, cache_enabled, c
                           fingerprint, read_cache, write_cache)
 from peftkb.errors import CatalogError, ProblemList, did_you_mean
 from peftkb.formula import ARCH_SYMBOLS, Formula, FormulaError
-from peftkb.model import RELATION_KINDS, Catalog, Category, Method
+from peftkb.model import LINEAGE_KINDS, RELATION_KINDS, Catalog, Category, Method
 from peftkb.yamlsafe import Located, YamlProblem, dotted, load_located
 
 def load_catalog(root: Path | None = None, *, use_cache: bool = True) -> Catalog:
@@ -116,6 +117,7 @@ def _load_and_check(root: Path, files: list[Path]) -> Catalog:
         name, doc = sources[m.id]
         _check_method(root, m, name, doc, ids, category_ids, problems)
     _check_cycles(methods, sources, problems)
+    _check_chronology(methods, sources, problems)
     if problems:
         raise CatalogError(problems.items)
     return Catalog(categories=categories, methods=methods)
@@ -257,6 +259,22 @@ def _check_method(root: Path, m: Method, name: str, doc: Located, ids: set[str],
             add(path, f"'{ref}' must be a .py file inside {IMPL_DIR}/")
         elif not target.is_file():
             add(path, f"'{ref}' does not exist")
+
+
+def _check_chronology(methods: list[Method], sources: dict, problems: ProblemList) -> None:
+    """A lineage relation points back in time: a method cannot be a variant of (extend, combine,
+    generalize) a method published after it. `related_to` carries no chronology and is exempt."""
+    years = {m.id: m.year for m in methods}
+    for m in methods:
+        name, doc = sources[m.id]
+        for kind in LINEAGE_KINDS:
+            for i, target in enumerate(getattr(m.relations, kind)):
+                later = years.get(target)
+                if later is not None and later > m.year:
+                    path = ("relations", kind, i)
+                    problems.add(name, *doc.where(path), dotted(path),
+                                 f"'{target}' ({later}) is later than this method ({m.year}); a {kind} relation "
+                                 "must point back in time (use related_to for a later method)")
 
 
 def _check_cycles(methods: list[Method], sources: dict, problems: ProblemList) -> None:

@@ -19,6 +19,8 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 MAX_FILE_BYTES = 1_000_000
+#: No catalog file nests deeper than a handful of levels; this bounds the recursion of construction.
+MAX_DEPTH = 50
 Path_ = tuple[str | int, ...]
 
 
@@ -54,7 +56,11 @@ def load_located(path: Path) -> Located:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise YamlProblem(1, 1, f"file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
-    text = path.read_text(encoding="utf-8")
+    with path.open("rb") as handle:  # read at most the limit, even if the file grew since stat()
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise YamlProblem(1, 1, f"file is over the limit of {MAX_FILE_BYTES:,} bytes")
+    text = decode_utf8(data)
     loader = _Loader(text)
     try:
         if loader.check_node():
@@ -68,12 +74,47 @@ def load_located(path: Path) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise YamlProblem(line, col, f"YAML syntax error: {exc.problem or exc}") from None
+    except yaml.reader.ReaderError as exc:  # a control character: PyYAML refuses it before parsing
+        line, col = _line_col(text, exc.position)
+        raise YamlProblem(line, col, f"character {_char_name(exc.character)} is not allowed in YAML "
+                                     "(control characters other than tab and newline)") from None
+    except yaml.YAMLError as exc:  # any other refusal of the parser, located at the start
+        raise YamlProblem(1, 1, f"YAML error: {exc}") from None
+    except RecursionError:  # the pure-Python composer recurses once per nesting level
+        raise YamlProblem(1, 1, f"nested more than {MAX_DEPTH} levels deep") from None
     finally:
         loader.dispose()
     located = Located(None)
     if root is not None:
         located.data = _construct(root, (), located.positions, set())
     return located
+
+
+def decode_utf8(data: bytes) -> str:
+    """Bytes as text, or YamlProblem at the line and column of the first byte that is not UTF-8."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+        line = data.count(b"\n", 0, start) + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise YamlProblem(line, column, f"not valid UTF-8 (byte 0x{data[start]:02x}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark is allowed and ignored
+
+
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    if not isinstance(position, int) or position < 0:
+        return 1, 1
+    position = min(position, len(text))
+    return text.count("\n", 0, position) + 1, position - (text.rfind("\n", 0, position) + 1) + 1
+
+
+def _char_name(character: object) -> str:
+    if isinstance(character, str) and len(character) == 1:
+        return f"U+{ord(character):04X}"
+    if isinstance(character, int):
+        return f"U+{character:04X}"
+    return repr(character)
 
 
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
@@ -87,6 +128,8 @@ def _construct(node: yaml.Node, path: Path_, positions: dict, seen: set[int]) ->
                          _dotted(path))
     seen.add(id(node))
     positions[path] = _mark(node)
+    if len(path) > MAX_DEPTH:
+        raise YamlProblem(*_mark(node), f"nested more than {MAX_DEPTH} levels deep", _dotted(path[:MAX_DEPTH]))
     if node.tag not in _PLAIN_TAGS:  # e.g. !!python/object: refused even where it would be ignored
         raise YamlProblem(*_mark(node), f"unsupported YAML tag '{node.tag}'", _dotted(path))
     if isinstance(node, yaml.MappingNode):
@@ -107,6 +150,9 @@ def _construct(node: yaml.Node, path: Path_, positions: dict, seen: set[int]) ->
         return _SCALARS.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:  # e.g. a !!python/object tag
         raise YamlProblem(*_mark(node), f"unsupported YAML value: {exc.problem}", _dotted(path)) from None
+    except (ValueError, OverflowError) as exc:  # a 5,000-digit integer, a date like 2021-13-45
+        reason = str(exc).split(";")[0][:120]
+        raise YamlProblem(*_mark(node), f"invalid value {_preview(node.value)}: {reason}", _dotted(path)) from None
     finally:
         _SCALARS.constructed_objects.clear()
 
@@ -119,6 +165,11 @@ class _ScalarConstructor(yaml.SafeLoader):
 
 
 _SCALARS = _ScalarConstructor()
+
+
+def _preview(value: object) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _dotted(path: Path_) -> str:

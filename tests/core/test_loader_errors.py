@@ -214,3 +214,74 @@ def test_every_problem_is_reported_in_one_pass(kb):
     # propetl.yaml's relation to the broken lora.yaml still resolves: one mistake, one report
     assert files == {"catalog/lora.yaml", "catalog/ia3.yaml", "catalog/bad.yaml"}, found
     assert found == sorted(found, key=lambda p: (p.split(":")[0], int(p.split(":")[1])))
+
+
+# -- bytes that are not YAML text: one problem each, and the other files are still checked ---------
+@pytest.mark.parametrize("bad, what", [
+    (b"\x01", "character U+0001 is not allowed"),
+    (b"\x00", "character U+0000 is not allowed"),
+    (b"\x1b[31m", "character U+001B is not allowed"),
+    (b"\xff\xfe", "not valid UTF-8 (byte 0xff)"),
+    (b"\xc3(", "not valid UTF-8 (byte 0xc3)"),
+])
+def test_control_characters_and_invalid_utf8_are_one_located_problem(kb, bad, what):
+    path = kb.root / "catalog" / "lora.yaml"
+    data = path.read_bytes().replace(b"name: LoRA", b"name: Lo" + bad + b"RA", 1)
+    path.write_bytes(data)
+    kb.edit("ia3.yaml", "year: 2022", "year: 1700")  # another file's problem is still reported
+    found = problems(kb)
+    line = line_of_bytes(data, b"name: Lo")
+    column = data.splitlines()[line - 1].index(bad[:1]) + 1
+    assert [p for p in found if p.startswith("catalog/lora.yaml:")] == [
+        p for p in found if p.startswith(f"catalog/lora.yaml:{line}:{column}: ") and what in p]
+    assert any(p.startswith("catalog/lora.yaml:") for p in found)
+    assert any(p.startswith("catalog/ia3.yaml:") and "1700" in p for p in found), found
+
+
+def line_of_bytes(data: bytes, needle: bytes) -> int:
+    return next(i for i, line in enumerate(data.splitlines(), start=1) if needle in line)
+
+
+def test_invalid_utf8_in_the_taxonomy_is_a_problem_not_a_crash(kb):
+    path = kb.root / "taxonomy" / "taxonomy.yaml"
+    path.write_bytes(path.read_bytes() + b"\n# \xff\n")
+    found = problems(kb)
+    assert any(p.startswith("taxonomy/taxonomy.yaml:") and "not valid UTF-8" in p for p in found), found
+
+
+@pytest.mark.parametrize("value, what", [("9" * 5000, "invalid value"), ("2021-13-45", "month must be in 1..12")])
+def test_values_python_cannot_hold_are_located_problems(kb, value, what):
+    kb.edit("lora.yaml", "year: 2021", f"year: {value}")
+    line = line_of(kb, "lora.yaml", "year: ")
+    message = only(kb)
+    assert message.startswith(f"catalog/lora.yaml:{line}:7: year: ") and what in message
+
+
+def test_deep_nesting_is_refused(kb):
+    kb.edit("lora.yaml", "year: 2021", "year: 2021\nextra: " + "[" * 200 + "]" * 200)
+    line = line_of(kb, "lora.yaml", "extra:")
+    message = only(kb)
+    assert message.startswith(f"catalog/lora.yaml:{line}:") and "nested more than 50 levels deep" in message
+
+
+# -- chronology: a lineage relation points back in time -------------------------------------------
+@pytest.mark.parametrize("kind", ["variant_of", "extends", "combines", "generalizes"])
+def test_a_lineage_relation_to_a_later_method_is_refused(kb, kind):
+    # LoRA (2021) may not build on AdaLoRA (2023)
+    kb.edit("lora.yaml", "implementations:", f"relations:\n  {kind}: [adalora]\nimplementations:")
+    line = line_of(kb, "lora.yaml", f"{kind}: [adalora]")
+    message = only(kb)
+    assert message.startswith(f"catalog/lora.yaml:{line}:") and f"relations.{kind}[0]: 'adalora' (2023) is later" in message
+    assert "(2021)" in message
+
+
+def test_related_to_carries_no_chronology(kb):
+    kb.edit("lora.yaml", "implementations:", "relations:\n  related_to: [adalora]\nimplementations:")
+    load_catalog(kb.root, use_cache=False)
+
+
+def test_same_year_lineage_is_allowed(kb):
+    # mam-adapter (2021) combines parallel-adapter (2021): same year is not "later"
+    catalog = load_catalog(kb.root, use_cache=False)
+    years = {m.id: m.year for m in catalog.methods}
+    assert years["mam-adapter"] == years["parallel-adapter"]
