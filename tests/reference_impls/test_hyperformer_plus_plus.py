@@ -45,7 +45,14 @@ def test_generated_adapters_differ_by_task_layer_and_position():
     assert gens[0, 0, 0].shape == (32 // 4, 32)  # D: (m, d)
 
 
+def _layer_norm(x, gamma=None, beta=None, eps=1e-5):
+    y = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+    return y if gamma is None else y * gamma + beta
+
+
 def test_adapter_computes_the_papers_equation():
+    """A(h) = h + LN_{γ,β}(U f(D h + b_D) + b_U): the conditional layer norm sits after the up-projection,
+    before the residual (the authors' code: add_layer_norm_after_adapter=True, before=False)."""
     model = adapted()
     perturb(model)
     layer = next(m for m in model.modules() if isinstance(m, hf.HyperAdapter))
@@ -53,10 +60,39 @@ def test_adapter_computes_the_papers_equation():
     with torch.no_grad():
         w = model.hypernet.generate(layer.layer, layer.position)
         h = layer.base(x)
-        a = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-5)
-        a = a * w["gamma"] + w["beta"]
-        expected = h + F.silu(a @ w["D"].T + w["b_D"]) @ w["U"].T + w["b_U"]
+        u = F.silu(h @ w["D"].T + w["b_D"]) @ w["U"].T + w["b_U"]
+        expected = h + _layer_norm(u, w["gamma"], w["beta"])
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        input_side = h + F.silu(_layer_norm(h, w["gamma"], w["beta"]) @ w["D"].T + w["b_D"]) @ w["U"].T + w["b_U"]
+        assert not torch.allclose(layer(x), input_side, atol=1e-3)
+
+
+def test_generators_read_the_layer_normalised_projected_task_embedding():
+    """I = LN(h_I([z_τ; i_l; p_j])) (eps 1e-6, the code's unique_hyper_net_layer_norm), and every generated
+    tensor is a linear map of that I."""
+    model = adapted()
+    perturb(model)
+    net = model.hypernet
+    hf.set_task(model, 1)
+    with torch.no_grad():
+        zil = torch.cat([net.task_embeddings[1], net.layer_embeddings[0], net.position_embeddings[1]])
+        I = _layer_norm(net.projector(zil), eps=1e-6)
+        w = net.generate(0, 1)
+        d, m = net.d, net.m
+        for key, gen, shape in [("D", net.down_weight, (m, d)), ("b_D", net.down_bias, (m,)),
+                                ("U", net.up_weight, (d, m)), ("b_U", net.up_bias, (d,)),
+                                ("gamma", net.ln_weight, (d,)), ("beta", net.ln_bias, (d,))]:
+            torch.testing.assert_close(w[key], (gen.weight @ I + gen.bias).view(shape), atol=1e-5, rtol=1e-5)
+        raw = net.projector(zil)
+        assert not torch.allclose(net.down_bias.weight @ raw + net.down_bias.bias, w["b_D"], atol=1e-4)
+
+
+def test_every_adapter_starts_as_the_identity():
+    model = adapted()
+    layer = next(m for m in model.modules() if isinstance(m, hf.HyperAdapter))
+    x = torch.randn(2, 5, layer.base.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.base(x))
 
 
 def test_a_tasks_batch_trains_its_own_embedding_and_the_shared_generator_only():
