@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from peftkb.cli.output import text
-from peftkb.cache import CATALOG_DIR, find_root
+from peftkb.cache import CATALOG_DIR, TAXONOMY_FILE, find_root
 from peftkb.errors import EXIT_BAD_INPUT, CatalogError, UsageError
 
 
@@ -20,13 +20,15 @@ class ValidateFormat(str, Enum):
 
 
 def validate(
-    paths: list[Path] = typer.Argument(None, metavar="[PATH]...",
-                                       help="A knowledge-base folder, or catalog files (default: this checkout)."),
+    raw_paths: list[str] = typer.Argument(None, metavar="[PATH]...",
+                                          help="A knowledge-base folder (the root, holding taxonomy/ and catalog/), "
+                                               "or catalog files (default: the knowledge base you are in)."),
     fmt: ValidateFormat = typer.Option(ValidateFormat.text, "--format", "-f", help="Output format.", case_sensitive=False),
 ) -> None:
     """Check the taxonomy and every catalog file; exit 0 when valid, 2 with every problem otherwise."""
+    paths = _paths(raw_paths or [])
     try:
-        catalog = _load(paths or [])
+        catalog = _load(paths)
     except CatalogError as exc:
         if fmt is ValidateFormat.json:
             text(json.dumps({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, indent=2))
@@ -41,7 +43,38 @@ def validate(
     elif paths and not paths[0].is_dir():
         text(f"valid: {len(paths)} file(s) checked against {len(catalog.methods)} methods")
     else:
-        text(f"valid: {len(catalog.methods)} methods in {len(catalog.categories)} categories")
+        where = f" ({paths[0].resolve()})" if paths else ""
+        text(f"valid: {len(catalog.methods)} methods in {len(catalog.categories)} categories{where}")
+
+
+def _paths(raw: list[str]) -> list[Path]:
+    """The PATH arguments, checked: never an empty string, a folder only alone, every path existing.
+
+    A folder is validated as the knowledge-base root it names, never the current folder or $PEFTKB_ROOT
+    in its stead.
+    """
+    if any(not r.strip() for r in raw):
+        raise UsageError("an empty path was given; name a knowledge-base folder or catalog files")
+    paths = [Path(r) for r in raw]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError("no such file or folder: " + ", ".join(missing))
+    folders = [p for p in paths if p.is_dir()]
+    if folders and len(paths) > 1:
+        raise UsageError("give one knowledge-base folder, or catalog files, not both")
+    if folders:
+        folder = folders[0]
+        lacking = [str(part) for part in (TAXONOMY_FILE, CATALOG_DIR) if not (folder / part).exists()]
+        if lacking:
+            raise UsageError(f"{folder} is not a knowledge base: it has no " + " and no ".join(lacking)
+                             + " (give the folder that holds both)")
+        if not any((folder / CATALOG_DIR).glob("*.yaml")):
+            raise UsageError(f"{folder / CATALOG_DIR} holds no catalog files (*.yaml)")
+    else:
+        not_files = [str(p) for p in paths if not p.is_file()]
+        if not_files:
+            raise UsageError("not a regular file: " + ", ".join(not_files))
+    return paths
 
 
 def _load(paths: list[Path]):
@@ -49,13 +82,18 @@ def _load(paths: list[Path]):
 
     if not paths:
         return load_catalog(use_cache=False)
-    if len(paths) == 1 and paths[0].is_dir():
-        return load_catalog(find_root(paths[0] / "x") if not (paths[0] / CATALOG_DIR).is_dir() else paths[0],
-                            use_cache=False)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise UsageError("no such file: " + ", ".join(missing))
-    return load_catalog_paths(find_root(), [p.resolve() for p in paths])
+    if paths[0].is_dir():
+        return load_catalog(paths[0].resolve(), use_cache=False)
+    # files: checked in the context of the knowledge base they belong to (found from the first one)
+    return load_catalog_paths(_root_of(paths[0].resolve()), [p.resolve() for p in paths])
+
+
+def _root_of(file: Path) -> Path:
+    """The knowledge base a catalog file lives in (the nearest folder above it with taxonomy and catalog)."""
+    for folder in file.parents:
+        if (folder / TAXONOMY_FILE).is_file() and (folder / CATALOG_DIR).is_dir():
+            return folder
+    return find_root()  # a file outside any knowledge base: checked against the one in use
 
 
 def schema(
