@@ -14,6 +14,7 @@ explicitly to reach the decoder's cross-attention.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,21 @@ def arch_symbols(config: Any) -> dict[str, int]:
         n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
     return {"n_layers": n_layers, "d_model": d_model, "d_ff": d_ff, "n_heads": n_heads, "d_head": d_head,
             "n_kv_heads": n_kv_heads, "vocab_size": config.vocab_size}
+
+
+#: names under which transformers' modules take a key/value cache: `cache` from 5.2x on (the older names
+#: still accepted, with a warning, but ignored when the head class also passes `cache`), before that
+#: `past_key_values`, and `past_key_value` in attention layers of 4.x
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """The name of the key/value cache argument of `module.forward` on the installed transformers."""
+    params = inspect.signature(module.forward).parameters  # follows functools.wraps to the real forward
+    for name in CACHE_KWARGS:
+        if name in params:
+            return name
+    raise ValueError(f"{type(module).__name__}.forward takes no key/value cache argument")
 
 
 def n_params(model: nn.Module) -> int:

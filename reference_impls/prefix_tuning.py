@@ -20,11 +20,12 @@ BertModel, LlamaModel, GPT2Model) builds a fresh cache on every call (the model 
 it) and prepends ones to the attention mask, so any head class works unchanged. Consequences, as in peft:
 the real tokens' positions start at n_virtual_tokens, and with grouped-query attention the prefix has
 n_kv_heads heads.
-T5, whose encoder takes no cache: the k and v projections of every self-attention (encoder and decoder
-blocks, which are T5's n_layers) are wrapped to put the layer's prefix rows in front of their output,
-(B, T, inner) -> (B, P + T, inner), and the relative position bias, which T5 computes in its first block
-and adds to every score, gets P zero columns in front: prefix slots carry no position and are never
-masked, real tokens keep their relative positions. The decoder's cross-attention is left as it is.
+T5, whose encoder takes no cache: a pre-hook on every self-attention (encoder and decoder blocks, which
+are T5's n_layers) hands it, as its cache argument, an object whose update() puts the layer's prefix rows
+in front of the projected keys and values, (B, H, T, hs) -> (B, H, P + T, hs); the relative position
+bias, which T5 computes in its first block and adds to every score, and the attention mask get P columns
+in front (zero bias, never masked): prefix slots carry no position, real tokens keep their relative
+positions. The decoder's cross-attention is left as it is.
 Not supported: generation with a cache of its own (the hook replaces it). Not mergeable: the prefix is
 attended to, not added to a weight.
 """
@@ -33,11 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+import transformers
 from torch import nn
 
-import torch.nn.functional as F
-
-from reference_impls._core import Wrapper, arch_symbols, family, freeze_base
+from reference_impls._core import CACHE_KWARGS, arch_symbols, cache_kwarg, family, freeze_base
 
 
 @dataclass
@@ -87,7 +88,9 @@ class PrefixEncoder(nn.Module):
         mask = kwargs.get("attention_mask")
         if mask is not None:
             kwargs["attention_mask"] = torch.cat([mask.new_ones(B, self.n_virtual_tokens), mask], dim=1)  # (B, P+T)
-        kwargs["past_key_values"] = self.cache(B)
+        for name in CACHE_KWARGS:  # the head class passes its own (empty) cache under one of these names
+            kwargs.pop(name, None)
+        kwargs[cache_kwarg(backbone)] = self.cache(B)
         return args, kwargs
 
     @torch.no_grad()
@@ -105,58 +108,81 @@ def drop_projection(model: nn.Module) -> nn.Module:
     return model
 
 
-# -- T5: the prefix enters through the k and v projections ------------------------------------------
-class PrefixRows(Wrapper):
-    """A T5 self-attention's k or v projection with its layer's prefix in front: (B, T, .) -> (B, P + T, .)."""
+# -- T5: the prefix enters through each self-attention's cache argument ------------------------------
+class PrefixedKV:
+    """Stands in for the key/value cache of one T5 self-attention for one forward: update() puts the
+    layer's prefix rows in front of the keys and values the attention has just projected. No real cache
+    sits behind it (the docstring's "not supported: generation")."""
 
-    def __init__(self, base: nn.Module, index: int) -> None:
-        super().__init__()
-        self.base = base
-        self.index = index  # row of PrefixEncoder.kv(): 2 * layer for keys, 2 * layer + 1 for values
-        self.kv: torch.Tensor | None = None  # (2L, n_kv, P, hs), set by the model's pre-hook on every call
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v  # (n_kv, P, hs) each
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_model)
-        h = self.base(x)  # (B, T, n_heads * d_kv)
-        rows = self.kv[self.index]  # (n_kv, P, hs)
-        rows = rows.transpose(0, 1).reshape(rows.shape[1], -1)  # (P, n_kv * hs), heads side by side as in h
-        return torch.cat([rows.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)  # (B, P + T, n_heads * d_kv)
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # no past tokens: the real tokens keep their positions
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        B = keys.shape[0]  # keys, values: (B, n_heads, T, hs)
+        k = torch.cat([self.k.to(keys.dtype).expand(B, -1, -1, -1), keys], dim=2)      # (B, n_heads, P + T, hs)
+        v = torch.cat([self.v.to(values.dtype).expand(B, -1, -1, -1), values], dim=2)  # (B, n_heads, P + T, hs)
+        return k, v
 
 
-def _t5_position_bias(n_virtual_tokens: int):
-    """Forward pre-hook for T5's first self-attention in a stack: compute the bias as T5 would for the
-    real tokens (plus the mask), then give the P prefix columns zero bias. Later blocks reuse it."""
+# transformers 4.x adds the attention mask into T5's position bias; 5.x hands the mask to attention apart
+_MASK_IN_POSITION_BIAS = int(transformers.__version__.split(".")[0]) < 5
 
-    def hook(attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if kwargs.get("position_bias") is not None or not attention.has_relative_attention_bias:
-            return args, kwargs
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
+
+class T5SelfAttentionPrefix:
+    """Forward pre-hook for one T5 self-attention (an object, so copy.deepcopy rebinds it to the copy).
+
+    Hands the attention a PrefixedKV with its layer's rows, gives the P prefix columns zero position bias
+    (computed here, as T5 would for the real tokens, in the first block of a stack; later blocks reuse it)
+    and never masks them: (B, 1, T or 1, T) masks get P columns in front. Without a mask, one is built,
+    since attention would otherwise assume as many keys as queries (causal in the decoder)."""
+
+    def __init__(self, encoder: nn.Module, layer: int, cache_name: str) -> None:
+        self.encoder, self.layer, self.cache_name = encoder, layer, cache_name
+
+    def __call__(self, attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kv = self.encoder.kv_now  # (2L, n_kv, P, hs), set by the model's pre-hook once per forward
+        P = kv.shape[2]
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, T, d_model)
         T = hidden.shape[1]
-        bias = attention.compute_bias(T, T, device=hidden.device)  # (1, n_heads, T, T)
+        kwargs[self.cache_name] = PrefixedKV(kv[2 * self.layer], kv[2 * self.layer + 1])
         mask = kwargs.get("mask")
-        if mask is not None:
-            bias = bias + mask[:, :, :, :T]  # (B, n_heads, T, T)
-        kwargs["position_bias"] = F.pad(bias, (n_virtual_tokens, 0))  # (B, n_heads, T, P + T)
+        if kwargs.get("position_bias") is None and attention.has_relative_attention_bias:
+            bias = attention.compute_bias(T, T, device=hidden.device)  # (1, n_heads, T, T)
+            if _MASK_IN_POSITION_BIAS and mask is not None:
+                bias = bias + mask[:, :, :, :T]  # (B, n_heads, T, T)
+            kwargs["position_bias"] = F.pad(bias, (P, 0))  # (B, n_heads, T, P + T)
+        if _MASK_IN_POSITION_BIAS:
+            return args, kwargs  # 4.x reads the mask only through the position bias
+        if mask is None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=hidden.device)
+            mask = (causal.tril() if attention.is_decoder else causal)[None, None]  # (1, 1, T, T)
+        if mask.dtype == torch.bool:
+            kwargs["mask"] = F.pad(mask, (P, 0), value=True)  # (B, 1, T or 1, P + T)
+        else:  # additive float mask: 0 where attended
+            kwargs["mask"] = F.pad(mask, (P, 0), value=0.0)
         return args, kwargs
 
-    return hook
+
+class SharePrefix:
+    """Forward pre-hook on the model: evaluate the prefix (the MLP) once per forward, not once per layer."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def __call__(self, model: nn.Module, args: tuple) -> None:
+        self.encoder.kv_now = self.encoder.kv()
 
 
-def _add_t5_prefix(model: nn.Module, encoder: PrefixEncoder) -> None:
+def _add_t5_prefix(model: nn.Module, encoder: nn.Module) -> None:
     attentions = [m for name, m in model.named_modules() if name.endswith(".SelfAttention")]  # encoder, then decoder
     assert len(attentions) == encoder.n_layers, "expected one self-attention per T5 block"
-    wrappers = []
     for layer, attention in enumerate(attentions):
-        attention.k = PrefixRows(attention.k, 2 * layer)
-        attention.v = PrefixRows(attention.v, 2 * layer + 1)
-        wrappers += [attention.k, attention.v]
-        attention.register_forward_pre_hook(_t5_position_bias(encoder.n_virtual_tokens), with_kwargs=True)
-
-    def share_prefix(module: nn.Module, args: tuple) -> None:  # the MLP runs once per forward, not per layer
-        kv = encoder.kv()
-        for w in wrappers:
-            w.kv = kv
-
-    model.register_forward_pre_hook(share_prefix)
+        hook = T5SelfAttentionPrefix(encoder, layer, cache_kwarg(attention))
+        attention.register_forward_pre_hook(hook, with_kwargs=True)
+    model.register_forward_pre_hook(SharePrefix(encoder))
 
 
 def attach_prefix(model: nn.Module, encoder: PrefixEncoder) -> None:

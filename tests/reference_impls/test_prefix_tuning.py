@@ -55,7 +55,7 @@ def test_t5_self_attention_equals_attention_over_the_explicitly_prefixed_keys_an
     model = pt.apply(fresh("tiny-t5"), pt.PrefixTuningConfig(n_virtual_tokens=3, prefix_projection=False))
     attention = model.encoder.block[0].layer[0].SelfAttention  # the block that computes the position bias
     kv = model.prefix_encoder.kv().detach()  # (2L, n_kv, P, hs)
-    attention.k.kv = attention.v.kv = kv
+    model.prefix_encoder.kv_now = kv  # what the model's pre-hook sets before the blocks run
     x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(2, 1, 1, 5)
     mask[1, ..., -2:] = torch.finfo(torch.float32).min  # the second sequence has two padding positions
@@ -64,8 +64,8 @@ def test_t5_self_attention_equals_attention_over_the_explicitly_prefixed_keys_an
         H, hs = attention.n_heads, attention.key_value_proj_dim
         split = lambda t: t.view(2, -1, H, hs).transpose(1, 2)  # noqa: E731  (B, H, T, hs)
         q = split(attention.q(x))
-        k = torch.cat([kv[0].expand(2, -1, -1, -1), split(attention.k.base(x))], dim=2)  # (B, H, P+T, hs)
-        v = torch.cat([kv[1].expand(2, -1, -1, -1), split(attention.v.base(x))], dim=2)
+        k = torch.cat([kv[0].expand(2, -1, -1, -1), split(attention.k(x))], dim=2)  # (B, H, P+T, hs)
+        v = torch.cat([kv[1].expand(2, -1, -1, -1), split(attention.v(x))], dim=2)
         bias = attention.compute_bias(5, 5) + mask                                  # (B, H, T, T)
         scores = q @ k.transpose(-1, -2) + torch.cat([torch.zeros(2, H, 5, 3), bias], dim=-1)
         expected = attention.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, H * hs))
