@@ -69,7 +69,12 @@ _MD_SPECIAL = frozenset("\\`*_{}[]()#+-.!|<>&\"'~^=:$@%")
 
 
 def md_text(value: Any) -> Markup:
-    """Catalog text made safe for markdown *and* HTML: inline, whitespace collapsed, punctuation inert."""
+    """Catalog text made safe for markdown *and* HTML: inline, whitespace collapsed, punctuation inert.
+
+    Markup (from a helper, or text already passed through here) is returned as it is: text is escaped once.
+    """
+    if hasattr(value, "__html__"):
+        return Markup(value)
     if isinstance(value, bool):
         value = "yes" if value else "no"
     text = " ".join(str(value).split())
@@ -90,6 +95,27 @@ def _finalize(value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Markup(str(value))  # digits, '.', '-': nothing markdown reads mid-line
     return md_text(value)
+
+
+def attr_text(value: Any) -> Markup:
+    """A plain value (or a list of them, space-separated) escaped for an HTML attribute, and nothing else.
+
+    Attributes are never read by markdown, so they get HTML escaping only; markup already escaped for
+    markdown would be escaped a second time, so it is refused.
+    """
+    if isinstance(value, (list, tuple)):
+        return Markup(" ").join(attr_text(v) for v in value)
+    if hasattr(value, "__html__"):
+        raise TemplateError("|attr takes plain values, not markup (it would be escaped twice)")
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return Markup(escape(str(value)))
+
+
+def front_title(text: str) -> Markup:
+    """A page title for the front matter (a YAML string). mkdocs and Material print titles without escaping
+    them, so it is HTML-escaped here, once; markdown never reads front matter."""
+    return Markup(json.dumps(html.escape(" ".join(text.split()), quote=True)))
 
 
 def safe_url(url: str | None) -> str | None:
@@ -464,11 +490,12 @@ def make_environment(templates_dir: Path) -> Environment:
                        CONFIDENCE_TEXT=CONFIDENCE_TEXT, CROSSWALK_SCHEMES=CROSSWALK_SCHEMES,
                        RELATION_KINDS=RELATION_KINDS)
     env.globals["sp"] = lambda n: Markup(" " * int(n))
+    env.globals["front_title"] = front_title
     env.filters["md"] = md_text
     # jinja's own join returns HTML-escaped Markup that would skip the markdown escaping: replace it
     env.filters["join"] = lambda items, sep="": Markup(_md_sep(sep)).join(
         v if hasattr(v, "__html__") else md_text(v) for v in items)
-    env.filters["attr"] = lambda v: Markup(escape(str(v)))
+    env.filters["attr"] = attr_text
     env.filters["code"] = lambda v: Markup(f"<code>{md_text(v)}</code>")
     return env
 

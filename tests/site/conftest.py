@@ -33,6 +33,15 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     return Rendered(root=root, catalog=catalog, docs=docs, result=result)
 
 
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real site built once (render + mkdocs --strict + link check) into a temporary folder."""
+    from peftkb.site.render import build_site
+
+    out = tmp_path_factory.mktemp("built")
+    return build_site(find_root(), site_dir=SITE, docs_dir=out / "docs", build_dir=out / "build").build_dir
+
+
 @pytest.fixture
 def copy_site():
     """Make a private copy of site/ (templates, mkdocs.yml, overrides, assets) to break on purpose."""

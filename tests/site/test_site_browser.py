@@ -16,9 +16,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from peftkb.loader import find_root
-from peftkb.site.render import build_site
-
 CHROMIUM = Path("/usr/bin/chromium")
 SITE = Path(__file__).resolve().parents[2] / "site"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,13 +39,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site_url(tmp_path_factory: pytest.TempPathFactory):
-    """Build the real site into a temp folder and serve it on 127.0.0.1 (a free port)."""
+def site_url(built_site):
+    """The real site (built once per session, see conftest) served on 127.0.0.1 (a free port)."""
     _need_chromium()
     pytest.importorskip("playwright.sync_api")
-    out = tmp_path_factory.mktemp("site")
-    report = build_site(find_root(), site_dir=SITE, docs_dir=out / "docs", build_dir=out / "build")
-    handler = functools.partial(_QuietHandler, directory=str(report.build_dir))
+    handler = functools.partial(_QuietHandler, directory=str(built_site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -153,5 +148,20 @@ def test_comparison_filters_rows(page, site_url, tmp_path):
     page.screenshot(path=str(tmp_path / "compare.png"))
     page.locator("[data-reset]").click()
     assert visible.count() == total
+    # every "must have" flag keeps exactly the rows whose data says they have it (none is always empty)
+    expected = {"changes_sequence_length": "changes_sequence_length", "needs_quantized_base": "needs_quantized_base",
+                "supports_multi_task": "supports_multi_task", "trains_base_weights": "trains_base_weights",
+                "experiments": "in_experiments"}
+    records = {m["id"]: m for m in page.evaluate(
+        "() => fetch('api/methods.json').then(r => r.json())")}
+    for flag, field in expected.items():
+        box = page.locator(f"input[data-flag={flag}]")
+        box.check()
+        shown = set(visible.evaluate_all("rows => rows.map(r => r.dataset.id)"))
+        want = {i for i, m in records.items()
+                if (m["survey"] if field == "in_experiments" else m["properties"]).get(field)}
+        assert shown == want and shown, (flag, len(shown), len(want))
+        expect(page.locator("[data-count]")).to_have_text(f"{len(want)} of {total} methods")
+        box.uncheck()
     assert _offsite(page.requests) == []
     assert page.errors == []

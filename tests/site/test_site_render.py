@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import html
+import html.parser
 import json
 import os
 import re
@@ -276,3 +277,45 @@ def test_assessment_without_results_says_how_to_make_them(tmp_path):
     env = make_environment(SITE / "templates")
     page = env.get_template("assessment.md.j2").render(page_path="assessment.md", a=None, model=None, catalog=None)
     assert "No results committed yet" in page and "peftkb bench --profile cpu" in page
+
+
+# -- the built site ---------------------------------------------------------------------------------
+class _EntityLeaks(html.parser.HTMLParser):
+    """Visible text and attribute values, decoded as a browser decodes them, that still hold `&#`: a
+    character reference escaped twice (`&amp;#95;`), which a reader sees as `&#95;`."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.leaks: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value and "&#" in value:
+                self.leaks.append(f"<{tag} {name}={value[:80]!r}>")
+
+    def handle_data(self, data: str) -> None:
+        if "&#" in data:
+            at = data.index("&#")
+            self.leaks.append(f"text {data[max(0, at - 40):at + 20]!r}")
+
+
+def test_no_character_reference_leaks_into_the_built_site(built_site):
+    pages = sorted(built_site.rglob("*.html"))
+    assert len(pages) > 100
+    leaks = {}
+    for page in pages:
+        raw = page.read_text(encoding="utf-8")
+        parser = _EntityLeaks()
+        parser.feed(raw)
+        if "&amp;#" in raw:
+            parser.leaks.append("raw &amp;#")
+        if parser.leaks:
+            leaks[page.relative_to(built_site).as_posix()] = parser.leaks[:3]
+    assert leaks == {}
+
+
+def test_escaping_once_keeps_flags_and_code_readable(built_site):
+    compare = (built_site / "comparison.html").read_text(encoding="utf-8")
+    assert 'data-flags="supports_multi_task' in compare or ' supports_multi_task' in compare
+    ln = (built_site / "methods" / "ln-tuning.html").read_text(encoding="utf-8")
+    assert re.search(r"<code>[^<]*input&#95;layernorm", ln)  # one numeric reference: shown as input_layernorm
