@@ -47,6 +47,9 @@ from typing import Any
 from peftkb.errors import NotFoundError, UsageError, did_you_mean
 
 ROLES = ("q", "k", "v", "o", "up", "gate", "down")
+MAX_CONFIG_BYTES = 1_000_000   # real config.json files are a few KB (the catalog's YAML files have the same cap)
+MAX_DIMENSION = 2**31 - 1      # any size or count in a config
+MAX_LAYERS = 1_000             # blocks per stack (the largest published models have under 200)
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 #: model_type -> (family builder name, counted head class)
@@ -107,6 +110,7 @@ class Architecture:
     dropout: float = 0.0             # residual / hidden dropout probability while training
     attention_dropout: float = 0.0
     parallel_block: bool = False     # Falcon: attention and MLP read the same input
+    max_positions: int | None = None  # learned absolute positions (BERT, RoBERTa, GPT-2): the longest input
     source: str | None = None        # where a preset's numbers come from
     config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -168,7 +172,10 @@ class _Config:
         if value is None:
             raise UsageError(f"{self.where}: config has no '{keys[0]}'")
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise UsageError(f"{self.where}: '{keys[0]}' must be a positive integer, not {value!r}")
+            raise UsageError(f"{self.where}: '{keys[0]}' must be a positive integer, not {_short(value)}")
+        limit = MAX_LAYERS if "layer" in keys[0] else MAX_DIMENSION
+        if value > limit:
+            raise UsageError(f"{self.where}: '{keys[0]}' is {_short(value)}, more than {limit:,}")
         return value
 
     def flag(self, *keys: str, default: bool) -> bool:
@@ -177,6 +184,11 @@ class _Config:
     def prob(self, *keys: str, default: float = 0.0) -> float:
         value = self.get(*keys, default=default)
         return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class _Builder:
@@ -250,9 +262,14 @@ def _llama(c: _Config, family: str) -> dict[str, Any]:
     layers = c.int("num_hidden_layers")
     ff = c.int("intermediate_size")
     vocab = c.int("vocab_size")
+    if heads % kv:
+        raise UsageError(f"{c.where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
     if family == "gemma2":
         d_head = c.int("head_dim", default=256)  # Gemma2Config's default, not hidden_size // heads
     else:
+        if c.get("head_dim") is None and d % heads:
+            raise UsageError(f"{c.where}: hidden_size {d} is not a multiple of num_attention_heads {heads} "
+                             "(and no head_dim is given)")
         d_head = c.int("head_dim", default=d // heads)
     tied = c.flag("tie_word_embeddings", default=family == "gemma2")
     attn_bias = c.flag("attention_bias", default=False) if family in ("llama", "gemma2") else False
@@ -317,6 +334,8 @@ def _bert(c: _Config, family: str) -> dict[str, Any]:
     return dict(n_layers=layers, d_model=d, d_ff=ff, n_heads=heads, d_head=d // heads, n_kv_heads=heads,
                 vocab_size=vocab, tied_embeddings=False, gated_ffn=False, params=tuple(b.params),
                 modules=tuple(b.modules), norm="layernorm", activation=str(c.get("hidden_act", default="gelu")),
+                # RoBERTa's positions start after padding_idx (1), so two rows are never used by a token
+                max_positions=positions - 2 if family == "roberta" else positions,
                 dropout=c.prob("hidden_dropout_prob", default=0.1),
                 attention_dropout=c.prob("attention_probs_dropout_prob", default=0.1))
 
@@ -397,7 +416,7 @@ def _gpt2(c: _Config, family: str) -> dict[str, Any]:
     return dict(n_layers=layers, d_model=d, d_ff=ff, n_heads=heads, d_head=d // heads, n_kv_heads=heads,
                 vocab_size=vocab, tied_embeddings=tied, gated_ffn=False, params=tuple(b.params),
                 modules=tuple(b.modules), norm="layernorm",
-                activation=str(c.get("activation_function", default="gelu_new")),
+                activation=str(c.get("activation_function", default="gelu_new")), max_positions=positions,
                 dropout=c.prob("resid_pdrop", default=0.1), attention_dropout=c.prob("attn_pdrop", default=0.1))
 
 
@@ -418,6 +437,8 @@ def _falcon(c: _Config, family: str) -> dict[str, Any]:
     d_head = d // heads
     if new_arch:
         kv = c.int("num_kv_heads", "n_head_kv", default=heads)
+        if heads % kv:
+            raise UsageError(f"{c.where}: num_attention_heads {heads} is not a multiple of num_kv_heads {kv}")
         qkv_out = (heads + 2 * kv) * d_head
     elif multi_query:
         kv, qkv_out = 1, d + 2 * d_head
@@ -462,12 +483,27 @@ def read_preset(name: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A config.json as a dict; every way a file can be unreadable is one UsageError line."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UsageError(f"{path}: file is {size:,} bytes; a config.json is at most {MAX_CONFIG_BYTES:,}")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply") from None
+    except ValueError:  # json's only other error: an integer of more than 4,300 digits
+        raise UsageError(f"{path}: holds an integer too long to read (over 4,300 digits)") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a config.json must hold a JSON object")
     return data

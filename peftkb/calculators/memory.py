@@ -93,6 +93,8 @@ QUANTIZATIONS = ("nf4",)
 ATTENTIONS = ("sdpa", "eager")
 DEVICES = ("cuda", "cpu")
 CUDA_CONTEXT_BYTES = 512 * 2**20
+MAX_SEQ = 2**24     # tokens per sequence (16,777,216): far beyond any model's context
+MAX_BATCH = 2**16   # sequences per step
 FRAGMENTATION = 0.05
 GiB = 2**30
 PHASES = ("backward", "late", "step")  # start of backward, end of backward, optimizer step
@@ -256,8 +258,10 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not '{device}'")
     if attention not in ATTENTIONS:
         raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, not '{attention}'")
-    if batch < 1 or seq < 1:
-        raise UsageError("--batch and --seq must be at least 1")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise UsageError(f"--batch must be an integer from 1 to {MAX_BATCH:,}, not {batch!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise UsageError(f"--seq must be an integer from 1 to {MAX_SEQ:,}, not {seq!r}")
 
     values = hyperparameter_values(method, overrides)
     prof = profile_of(method, values, arch)
@@ -320,6 +324,9 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
 
     # -- activations ----------------------------------------------------------------------------------------
     S = seq + prof.virtual_tokens
+    if arch.max_positions is not None and S > arch.max_positions:
+        extra = f" + {prof.virtual_tokens} virtual tokens" if prof.virtual_tokens else ""
+        raise UsageError(f"--seq {seq}{extra} is longer than the {arch.max_positions} positions {arch.name} learned")
     tokens = batch * S
     # transformers passes k/v to SDPA un-repeated (native GQA) only when there is no attention mask;
     # prefix methods always build one (for the virtual positions), as does padding
@@ -395,6 +402,10 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         notes.append(f"sequence lengthened by {prof.virtual_tokens} virtual tokens (S' = {S})")
     if arch.family == "t5":
         notes.append("T5: decoder length taken equal to --seq")
+    bad = [t for t in terms if not (t.bytes >= 0 and math.isfinite(t.bytes))]
+    if bad or est.peak <= 0:
+        what = ", ".join(f"{t.label} = {t.bytes}" for t in bad) or f"peak = {est.peak}"
+        raise UsageError(f"method '{method.id}' on {arch.name}: the estimate is not a valid size ({what})")
     return est
 
 
@@ -510,13 +521,19 @@ def _head_terms(arch: Architecture, prof: Profile, p: int, tokens: int) -> tuple
 
 
 def parse_size(text: str) -> int:
-    """'24GB', '24GiB', '80G', '512MB' -> bytes. GB and GiB both mean 2**30, as GPU memory is quoted."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, re.IGNORECASE)
+    """'24GB', '24GiB', '80G', '512MB', '1.5TiB' -> bytes; a unit is required ('24' or '24B' is refused).
+
+    GB and GiB both mean 2**30 (as GPU memory is quoted: a "24 GB" card holds 24 GiB); K, M and T alike.
+    """
+    match = re.fullmatch(r"\s*([0-9]{1,15}(?:\.[0-9]{1,15})?|\.[0-9]{1,15})\s*([KMGT])(?:i?B)?\s*", text or "",
+                         re.IGNORECASE)
     if not match:
-        raise UsageError(f"--memory: cannot read '{text}' (use e.g. 24GB, 80GiB, 512MB)")
+        raise UsageError(f"--memory: cannot read '{text}': give a number and a unit, e.g. 24GB, 80GiB, 512MB "
+                         "(GB = GiB = 2**30 bytes)")
     number, unit = float(match.group(1)), match.group(2).upper()
-    scale = {"": 2**30, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    value = number * scale
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--memory must be positive, not '{text}'")
+    value = number * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    if not math.isfinite(value) or value < 2**20:
+        raise UsageError(f"--memory must be at least 1 MiB, not '{text}'")
+    if value > 2**60:
+        raise UsageError(f"--memory '{text}' is more than any device holds (limit 2**60 bytes)")
     return int(value)

@@ -10,12 +10,22 @@ Modules are selected by the method's target roles (q, k, v, o, up, gate, down), 
 the caller: each name is either a role, or a module name matched the way peft matches `target_modules`
 (the full name equals it or ends with "." + it, so `q_proj`, `attention.output.dense` and `c_attn` all
 work). A fused module (GPT-2 `c_attn`, Falcon `query_key_value`) counts once when any of its roles is
-targeted. Hyperparameters take their catalog defaults unless overridden (`r=16`).
+targeted. `all-linear` selects every linear layer but the output layer (`lm_head`), as peft's
+`target_modules="all-linear"` does: on a BertModel, which has no output layer, that includes the pooler.
+Targets are given once: `-t`/`targets=` or the hyperparameter `target_modules`, never both (refused), and only
+to a method whose formula has a per-target scope (refused otherwise: the count would not depend on them).
+
+Hyperparameters take their catalog defaults unless overridden (`r=16`). Every numeric value, given or default,
+is checked against the range its catalog entry declares (`peftkb.ranges`), evaluated with this model's symbols
+and, for bounds naming d_in/d_out, with each selected module's sizes (d_model when none is selected). A count
+that comes out zero, negative or above ABSURD_FACTOR times the model's own size is refused: such a number is
+never an answer.
 
 Methods are read by attribute only, so both the pydantic `Method` and the cache's plain `Record` work.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,8 +34,11 @@ from typing import Any
 from peftkb.calculators.architecture import ROLES, Architecture, LinearModule
 from peftkb.errors import UsageError, did_you_mean
 from peftkb.formula import Formula, FormulaError
+from peftkb.ranges import NUMERIC_TYPES, Range, RangeError
 
 SCOPES = ("per_target", "per_layer", "total")
+#: a count above this multiple of the base model's own size cannot be a parameter-efficient configuration
+ABSURD_FACTOR = 10
 
 
 @dataclass
@@ -83,7 +96,10 @@ def _convert(raw: str, kind: str, name: str) -> Any:
         if kind == "int":
             return int(text)
         if kind == "float":
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
         if kind == "bool":
             lowered = text.lower()
             if lowered in ("true", "yes", "1", "on"):
@@ -129,7 +145,12 @@ def hyperparameter_values(method: Any, overrides: Mapping[str, Any] | None = Non
 
 
 # -- module selection -------------------------------------------------------------------------------
+ALL_LINEAR = "all-linear"
+
+
 def _matches(module: LinearModule, key: str) -> bool:
+    if key == ALL_LINEAR:
+        return module.name != "lm_head"
     if key in ROLES:
         return key in module.roles
     return module.name == key or module.name.endswith("." + key) or module.kind == key
@@ -143,11 +164,11 @@ def select_modules(arch: Architecture, targets: Sequence[str], *, strict: bool =
     chosen: list[LinearModule] = []
     for key in targets:
         hits = [m for m in arch.modules if _matches(m, key)]
-        if not hits and strict and key not in ROLES:
+        if not hits and strict and key not in ROLES and key != ALL_LINEAR:
             names = sorted({m.kind for m in arch.modules} | {m.name.rsplit(".", 1)[-1] for m in arch.modules})
             raise UsageError(f"target '{key}' matches no linear module of {arch.name}"
                              + did_you_mean(key, names) + "; modules: " + ", ".join(names)
-                             + "; roles: " + ", ".join(ROLES))
+                             + "; roles: " + ", ".join(ROLES) + "; or all-linear")
         chosen.extend(hits)
     seen: set[str] = set()
     ordered = []
@@ -194,7 +215,14 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
                          f"(catalog/{method.id}.yaml has no trainable_params)")
     formulas = {s: getattr(tp, s) for s in SCOPES if getattr(tp, s, None)}
     values = hyperparameter_values(method, overrides)
-    given = _split_targets(targets) or _split_targets((overrides or {}).get("target_modules"))
+    from_option = _split_targets(targets)
+    from_set = _split_targets((overrides or {}).get("target_modules"))
+    if from_option and from_set:
+        raise UsageError("targets given twice (--targets and --set target_modules=...): give them once")
+    given = from_option or from_set
+    if given and "per_target" not in formulas:
+        raise UsageError(f"method '{method.id}' has no per-target formula (its count does not depend on target "
+                         "modules): --targets / target_modules do not apply")
     target_keys = given or list(_attr(tp, "targets", []))
     notes: list[str] = []
     modules: list[LinearModule] = []
@@ -210,6 +238,7 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
         if any(m.cross for m in modules):
             notes.append("T5 decoder cross-attention (EncDecAttention) modules are included by role")
 
+    check_values(method, values, arch, modules)
     env: dict[str, Any] = dict(arch.symbols())
     parsed = {scope: Formula.parse(src) for scope, src in formulas.items()}
     for scope, f in parsed.items():
@@ -257,6 +286,14 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
     trainable, whole = _whole(total)
     if not whole:
         notes.append("the formula gives a fractional count here; rounded")
+    shown = ", ".join(f"{k}={v}" for k, v in values.items() if k in env and k not in arch.symbols())
+    if trainable <= 0:
+        raise UsageError(f"method '{method.id}' on {arch.name}: the formula gives {trainable:,} trainable parameters"
+                         + (f" with {shown}" if shown else "") + ": not a valid configuration")
+    if trainable > ABSURD_FACTOR * arch.n_params:
+        raise UsageError(f"method '{method.id}' on {arch.name}: the formula gives {trainable:,} trainable parameters"
+                         f", more than {ABSURD_FACTOR}x the model's {arch.n_params:,}"
+                         + (f" (with {shown})" if shown else "") + ": not a valid configuration")
     shown_values = {k: v for k, v in values.items() if k in env or k == "target_modules"}
     if given or "per_target" in formulas:
         shown_values["target_modules"] = target_keys
@@ -268,6 +305,48 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
                       targets=sorted({m.kind for m in modules}, key=[m.kind for m in modules].index),
                       rows=rows, notes=notes,
                       trains_base_weights=bool(_attr(_attr(method, "properties"), "trains_base_weights", False)))
+
+
+def check_values(method: Any, values: Mapping[str, Any], arch: Architecture,
+                 modules: Sequence[LinearModule] = ()) -> None:
+    """Raise UsageError when a numeric hyperparameter lies outside its declared range on `arch`.
+
+    The one place values are checked, for params, memory, fit and --compare alike. A bound naming d_in or
+    d_out is evaluated for every selected module (d_in = d_out = d_model when none is selected).
+    """
+    env: dict[str, Any] = dict(arch.symbols())
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            env.setdefault(name, value)
+    shapes = [(m.d_in, m.d_out, m.name) for m in modules] or [(arch.d_model, arch.d_model, "d_model")]
+    for h in _attr(method, "hyperparameters", []):
+        value = values.get(h.name)
+        if value is None or h.type not in NUMERIC_TYPES:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in items):
+            raise UsageError(f"method '{method.id}': {h.name}={value!r} is not a number")
+        if any(isinstance(x, float) and not math.isfinite(x) for x in items):
+            raise UsageError(f"method '{method.id}': {h.name}={value!r} is not a finite number")
+        text = _attr(h, "range")
+        if not text:
+            continue
+        try:
+            rng = Range.parse(text)
+        except RangeError as exc:
+            raise UsageError(f"catalog/{method.id}.yaml: hyperparameter '{h.name}': {exc}") from None
+        per_module = bool(rng.symbols() & {"d_in", "d_out"})
+        for d_in, d_out, where in (shapes if per_module else shapes[:1]):
+            try:
+                why = next((w for x in items if (w := rng.violation(x, {**env, "d_in": d_in, "d_out": d_out}))),
+                           None)
+            except FormulaError as exc:
+                raise UsageError(f"catalog/{method.id}.yaml: range of '{h.name}' cannot be evaluated on "
+                                 f"{arch.name}: {exc}") from None
+            if why:
+                at = f" for {where} (d_in={d_in}, d_out={d_out})" if per_module else ""
+                raise UsageError(f"method '{method.id}': {h.name}={value}: {why}{at}; its range is {text} "
+                                 f"on {arch.name}")
 
 
 def has_formula(method: Any) -> bool:

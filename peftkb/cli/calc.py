@@ -6,8 +6,8 @@ from typing import Any, Optional
 import typer
 
 from peftkb.calculators.architecture import Architecture, load_model, preset_names
-from peftkb.calculators.memory import (DEVICES, DTYPE_BYTES, GiB, OPTIMIZERS, MemoryEstimate,
-                                       estimate_memory, parse_size)
+from peftkb.calculators.memory import (DEVICES, DTYPE_BYTES, MAX_BATCH, MAX_SEQ, GiB, OPTIMIZERS,
+                                       MemoryEstimate, estimate_memory, parse_size)
 from peftkb.calculators.params import ParamCount, count_trainable, has_formula, parse_assignments
 from peftkb.cli.common import FORMAT_OPTION, complete_method_id, index
 from peftkb.cli.output import Format, emit
@@ -41,6 +41,28 @@ def _count(method: Any, arch: Architecture, sets: list[str], targets: Optional[s
     return count_trainable(method, arch, overrides, targets=_split(targets) or None)
 
 
+def _check_compare(methods: list[Any], sets: list[str], targets: Optional[str]) -> list[str]:
+    """--compare: every --set name must belong to at least one compared method, --targets to one with a
+    per-target formula; returns notes saying which methods did not take them."""
+    notes = []
+    for item in sets:
+        name = item.partition("=")[0].strip().replace("-", "_")
+        takers = [m.id for m in methods if any(h.name == name for h in m.hyperparameters or [])]
+        if not takers:
+            known = sorted({h.name for m in methods for h in m.hyperparameters or []})
+            raise UsageError(f"--set {item}: none of the compared methods has a hyperparameter '{name}'"
+                             + did_you_mean(name, known) + "; theirs: " + (", ".join(known) or "none"))
+        if len(takers) < len(methods):
+            notes.append(f"{name} applies to {', '.join(takers)} only")
+    if targets:
+        takers = [m.id for m in methods if m.trainable_params and m.trainable_params.per_target]
+        if not takers:
+            raise UsageError("--targets: none of the compared methods has a per-target formula")
+        if len(takers) < len(methods):
+            notes.append(f"--targets applies to {', '.join(takers)} only (the others have no per-target formula)")
+    return notes
+
+
 def _count_title(c: ParamCount) -> str:
     approx = "" if c.exact else " (approximate)"
     return (f"{c.method} on {c.model}: {c.trainable:,} trainable parameters{approx}, "
@@ -62,12 +84,19 @@ def params(
     if not ids:
         raise UsageError("give a METHOD or --compare METHOD,METHOD,...")
     if compare:
-        counts = [_count(_find(i), arch, sets, targets, strict=False) for i in ids]
+        methods = [_find(i) for i in ids]
+        notes = _check_compare(methods, sets, targets)
+        for m in methods:
+            if not has_formula(m):
+                raise UsageError(f"method '{m.id}' has no trainable-parameter formula in the catalog")
+        counts = [_count(m, arch, sets, targets if m.trainable_params.per_target else None, strict=False)
+                  for m in methods]
         rows = [{"method": c.method, "trainable": c.trainable, "percent": round(c.percent, 4),
                  "exact": c.exact, "formula": "; ".join(f"{k}: {v}" for k, v in c.formulas.items())} for c in counts]
         emit(rows, fmt, columns=["method", "trainable", "percent", "exact", "formula"],
-             title=f"trainable parameters on {arch.name} ({arch.n_params:,} parameters)",
-             data={"model": arch.summary(), "methods": [c.to_dict() for c in counts]})
+             title=f"trainable parameters on {arch.name} ({arch.n_params:,} parameters)"
+             + "".join(f"\n  note: {n}" for n in notes),
+             data={"model": arch.summary(), "methods": [c.to_dict() for c in counts], "notes": notes})
         return
     c = _count(_find(ids[0]), arch, sets, targets)
     rows = [{"scope": r.scope, "module": r.module, "role": r.role, "count": r.count, "d_in": r.d_in,
@@ -94,8 +123,8 @@ def memory(
     method_id: str = typer.Argument(..., metavar="METHOD", help="Method id, name or alias.",
                                     autocompletion=complete_method_id),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, autocompletion=_complete_model),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Sequences per step."),
-    seq: int = typer.Option(512, "--seq", min=1, help="Tokens per sequence."),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Sequences per step."),
+    seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: " + ", ".join(DTYPE_BYTES) + "."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="One of " + ", ".join(OPTIMIZERS) + "."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each block in backward."),
@@ -131,9 +160,9 @@ def memory(
 
 def fit(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, autocompletion=_complete_model),
-    memory_budget: str = typer.Option(..., "--memory", help="Device memory, e.g. 24GB or 80GiB (GB means 2**30 bytes)."),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Sequences per step."),
-    seq: int = typer.Option(512, "--seq", min=1, help="Tokens per sequence."),
+    memory_budget: str = typer.Option(..., "--memory", help="Device memory with a unit, e.g. 24GB or 80GiB (GB means 2**30 bytes, as GPU memory is quoted)."),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Sequences per step."),
+    seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: " + ", ".join(DTYPE_BYTES) + "."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="One of " + ", ".join(OPTIMIZERS) + "."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each block in backward."),

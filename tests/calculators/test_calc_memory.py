@@ -108,16 +108,29 @@ def test_prompt_tuning_lengthens_the_sequence(catalog, llama):
     assert any("virtual tokens" in n for n in long.notes)
 
 
+def _frozen_base_activations(arch):
+    """A method that trains a few new parameters and stores nothing of its own (the activation baseline)."""
+    m = NS(id="baseline", hyperparameters=[], properties=NS(trains_base_weights=False),
+           implementations=NS(peft=None), trainable_params=NS(per_target=None, per_layer="d_model", total=None,
+                                                                targets=[], exact=True, note=None))
+    return term(estimate_memory(m, arch, count_trainable(m, arch), batch=1, seq=512), "activations")
+
+
+def test_bitfit_on_a_model_without_biases_is_refused(catalog, llama):
+    """Llama has no bias to train: zero trainable parameters is an error, not an estimate."""
+    with pytest.raises(UsageError, match="gives 0 trainable parameters"):
+        estimate(catalog, "bitfit", llama)
+
+
 def test_prefix_tuning_and_adapters_add_activations(catalog, llama):
-    base = term(estimate(catalog, "bitfit", llama), "activations")
+    base = _frozen_base_activations(llama)
     assert term(estimate(catalog, "prefix-tuning", llama), "activations") > base
     assert term(estimate(catalog, "sequential-adapter", llama), "activations") > base
     assert term(estimate(catalog, "lora", llama), "activations") > base
 
 
 def test_full_fine_tuning_keeps_linear_inputs(catalog, llama):
-    assert term(estimate(catalog, "full-fine-tuning", llama), "activations") > \
-        term(estimate(catalog, "bitfit", llama), "activations")
+    assert term(estimate(catalog, "full-fine-tuning", llama), "activations") > _frozen_base_activations(llama)
 
 
 def test_cpu_device_has_no_cuda_context(catalog, llama):
@@ -154,12 +167,13 @@ def test_bad_options_are_usage_errors(catalog, llama, kw, message):
 
 
 @pytest.mark.parametrize("text, expected", [("24GB", 24 * 2**30), ("24GiB", 24 * 2**30), ("80g", 80 * 2**30),
-                                            ("512MB", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), ("16", 16 * 2**30)])
+                                            ("512MB", 512 * 2**20), ("1.5TB", int(1.5 * 2**40)), ("2 TiB", 2 * 2**40),
+                                            ("1.5 MiB", 3 * 2**19)])
 def test_memory_sizes_parse_in_binary_units(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["lots", "-4GB", "0GB", "4PB"])
+@pytest.mark.parametrize("text", ["lots", "-4GB", "0GB", "4PB", "24B", "24", "", "640KB", "1e3GB", "nanGB", "9" * 40 + "GB"])
 def test_bad_memory_sizes_are_usage_errors(text):
     with pytest.raises(UsageError):
         parse_size(text)

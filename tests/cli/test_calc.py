@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -149,3 +151,65 @@ def test_fit_lists_fitting_methods_smallest_first():
 
 def test_fit_bad_memory_exits_2():
     assert "--memory" in fails(2, "fit", "--model", "gpt2", "--memory", "lots").stderr
+
+
+# -- no wrong answer: values are checked against their ranges at one boundary ----------------------------
+@pytest.mark.parametrize("args, message", [
+    (("params", "lora", "-m", "llama-2-7b", "-s", "r=0"), "r=0: 0 is below the minimum 1"),
+    (("params", "lora", "-m", "llama-2-7b", "-s", "r=-8"), "below the minimum 1"),
+    (("params", "lora", "-m", "llama-2-7b", "-s", "r=5000"), "above the maximum 4096"),
+    (("params", "oft", "-m", "llama-2-7b", "-s", "block_size=0"), "block_size"),
+    (("memory", "lora", "-m", "llama-2-7b", "-s", "r=-100000"), "below the minimum 1"),
+    (("params", "lora", "-m", "gpt2", "-c", "ia3,bitfit", "-s", "r=0"), "below the minimum 1"),
+    (("params", "lora", "-m", "gpt2", "-c", "ia3,bitfit", "-s", "rank=4"), "none of the compared methods"),
+    (("params", "bitfit", "-m", "gpt2", "-t", "q"), "no per-target formula"),
+    (("params", "bitfit", "-m", "gpt2", "-c", "prompt-tuning", "-t", "q"), "none of the compared methods"),
+    (("params", "lora", "-m", "gpt2", "-t", "q", "-s", "target_modules=v"), "targets given twice"),
+    (("params", "lora", "-m", "gpt2", "-s", "dropout=nan"), "not a valid float"),
+    (("fit", "-m", "llama-2-7b", "--memory", "24B"), "give a number and a unit"),
+    (("fit", "-m", "llama-2-7b", "--memory", "24"), "give a number and a unit"),
+    (("memory", "lora", "-m", "gpt2", "--seq", "2000"), "longer than the 1024 positions"),
+    (("memory", "lora", "-m", "llama-2-7b", "--seq", "9" * 30), "--seq"),
+    (("memory", "lora", "-m", "llama-2-7b", "--batch", "9" * 30), "--batch"),
+    (("fit", "-m", "llama-2-7b", "--memory", "24GB", "--seq", "9" * 30), "--seq"),
+])
+def test_bad_values_exit_2_with_one_line(args, message):
+    result = fails(2, *args)
+    assert message in result.stderr, result.stderr
+
+
+def test_compare_says_which_methods_took_a_setting():
+    data = json.loads(ok("params", "lora", "-m", "gpt2", "-c", "bitfit", "-s", "r=4", "-t", "c_attn", "-f", "json"))
+    assert data["notes"] == ["r applies to lora only",
+                             "--targets applies to lora only (the others have no per-target formula)"]
+    assert data["methods"][0]["trainable"] == 12 * 4 * (768 + 2304)
+
+
+def _config(tmp_path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("utf8.json", b'{"model_type": "llama", "x": "\xff"}', "not valid UTF-8"),
+    ("deep.json", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ("digits.json", b'{"model_type": "llama", "hidden_size": ' + b"9" * 5000 + b"}", "over 4,300 digits"),
+    ("huge.json", b'{"model_type": "llama", "hidden_size": ' + b"9" * 4000 + b", \"num_attention_heads\": 2, "
+                  b'"num_hidden_layers": 1, "intermediate_size": 4, "vocab_size": 4}', "more than 2,147,483,647"),
+    ("heads.json", b'{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 5, "num_hidden_layers": 1, '
+                   b'"intermediate_size": 4, "vocab_size": 4}', "not a multiple of num_attention_heads 5"),
+    ("kv.json", b'{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3, '
+                b'"num_hidden_layers": 1, "intermediate_size": 4, "vocab_size": 4}', "not a multiple of num_key_value"),
+    ("gpt2.json", b'{"model_type": "gpt2", "n_embd": 64, "n_head": 5}', "not a multiple of n_head 5"),
+])
+def test_hostile_config_files_exit_2_with_one_line(tmp_path, name, content, message):
+    result = fails(2, "params", "lora", "-m", _config(tmp_path, name, content))
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_config_file_over_the_size_cap_is_refused_unread(tmp_path):
+    path = tmp_path / "big.json"
+    with path.open("wb") as fh:  # sparse: 2 GB on paper, nothing on disk
+        fh.truncate(2 * 2**30)
+    assert "a config.json is at most 1,000,000" in fails(2, "params", "lora", "-m", str(path)).stderr
