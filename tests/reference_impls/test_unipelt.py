@@ -19,16 +19,31 @@ def _set_gate(gate: up.Gate, value: float | None = None, bias: float | None = No
         gate.linear.bias.fill_(bias if bias is not None else torch.logit(torch.tensor(value)).item())
 
 
-def test_lora_update_is_scaled_by_the_sigmoid_gate_of_its_input():
-    gate = up.Gate(16)
-    layer = up.GatedLoRALinear(torch.nn.Linear(16, 12), r=4, alpha=8, gate=gate)
+def test_lora_update_is_scaled_by_its_own_gate_averaged_over_tokens_in_place_of_alpha_over_r():
+    """The paper / authors' code: G_L = mean_t σ(W_G x_t + b_G), h = W_0 x + G_L B A x (no alpha / r)."""
+    layer = up.GatedLoRALinear(torch.nn.Linear(16, 12), r=4, alpha=8)
     with torch.no_grad():
         layer.B.normal_()
     x = torch.randn(2, 5, 16)
-    G = torch.sigmoid(x @ gate.linear.weight.T + gate.linear.bias)  # (2, 5, 1), per token
-    expected = layer.base(x) + G * (x @ layer.A.T @ layer.B.T) * 2.0
+    gate = layer.gate.linear
+    G = torch.sigmoid(x @ gate.weight.T + gate.bias).mean(dim=1, keepdim=True)  # (2, 1, 1), per sequence
+    expected = layer.base(x) + G * (x @ layer.A.T @ layer.B.T)
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
     assert not callable(getattr(layer, "merge", None))  # input-dependent gate: nothing to merge
+    # the earlier variant, kept as gating="token": a per-token gate times alpha / r
+    token = up.GatedLoRALinear(torch.nn.Linear(16, 12), r=4, alpha=8, gating="token")
+    with torch.no_grad():
+        token.B.normal_()
+    g = token.gate.linear
+    G = torch.sigmoid(x @ g.weight.T + g.bias)  # (2, 5, 1)
+    torch.testing.assert_close(token(x), token.base(x) + G * (x @ token.A.T @ token.B.T) * 2.0, atol=1e-5, rtol=1e-5)
+
+
+def test_q_and_v_have_separate_lora_gates():
+    model = up.apply(fresh("tiny-bert"), CONFIG)
+    attn = model.get_submodule("bert.encoder.layer.0.attention.self")
+    assert attn.query.gate is not attn.value.gate
+    assert attn.query.gate.linear.weight.data_ptr() != attn.value.gate.linear.weight.data_ptr()
 
 
 def test_adapter_output_is_ffn_output_plus_gated_adapter_of_it():
@@ -37,8 +52,8 @@ def test_adapter_output_is_ffn_output_plus_gated_adapter_of_it():
         layer.adapter.up.weight.normal_()
     z = torch.randn(2, 5, 24)
     h = layer.base(z)
-    expected = h + torch.sigmoid(layer.gate.linear(h)) * layer.adapter(h)
-    torch.testing.assert_close(layer(z), expected, atol=1e-5, rtol=1e-5)
+    G = torch.sigmoid(layer.gate.linear(h)).mean(dim=1, keepdim=True)  # (2, 1, 1): averaged over tokens
+    torch.testing.assert_close(layer(z), h + G * layer.adapter(h), atol=1e-5, rtol=1e-5)
 
 
 def test_prefix_gate_scales_the_prefix_keys_and_values_of_its_layer():
@@ -64,15 +79,16 @@ def test_prefix_gate_scales_the_prefix_keys_and_values_of_its_layer():
         assert enc.g == {}  # the per-forward gate values are consumed, not kept
 
 
-def test_every_block_has_three_gates_and_the_count_adds_the_three_methods():
+def test_every_block_has_four_gates_and_the_count_adds_the_three_methods():
     model = up.apply(fresh("tiny-llama"), CONFIG)
     gates = [n for n, m in model.named_modules() if isinstance(m, up.Gate)]
-    assert len(gates) == 3 * 2
+    assert len(gates) == 4 * 2  # G_Lq, G_Lv, G_P, G_A per block
     d, m, r, P, n_kv, hs, L = 32, 8, 4, 4, 2, 8, 2
     lora = L * r * ((d + d) + (d + n_kv * hs))  # W_q: 32 -> 32, W_v: 32 -> 16 (grouped-query attention)
+    lora_gates = L * 2 * (d + 1)                # one d_in -> 1 gate per adapted projection
     adapter = L * (2 * d * m + m + d)
     prefix = L * 2 * P * n_kv * hs
-    assert count_trainable(model) == lora + adapter + prefix + 3 * L * (d + 1)
+    assert count_trainable(model) == lora + lora_gates + adapter + prefix + 2 * L * (d + 1)
 
 
 def test_closed_gates_silence_lora_and_adapter():
