@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from peftkb.errors import NotFoundError, did_you_mean
+from peftkb.errors import NotFoundError, UsageError, did_you_mean
 
 if TYPE_CHECKING:  # works on typed models and on the index's records alike; imports no pydantic
     from peftkb.model import Catalog, Category, Method
@@ -60,6 +60,9 @@ def ancestors(catalog: Catalog, category_id: str) -> list[Category]:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
+#: Bounds on one query, so that its cost is bounded too (a paper title is well inside both).
+MAX_QUERY_CHARS = 300
+MAX_QUERY_TERMS = 32
 
 
 def _words(text: str) -> list[str]:
@@ -67,10 +70,18 @@ def _words(text: str) -> list[str]:
 
 
 def search(catalog: Catalog, text: str) -> list[tuple[float, Method]]:
-    """Rank methods for a free-text query; fields weigh name > alias > title > summary > authors."""
-    terms = _words(text)
+    """Rank methods for a free-text query; fields weigh name > alias > title > summary > authors.
+
+    A query is at most MAX_QUERY_CHARS characters and MAX_QUERY_TERMS distinct words, and has at least
+    one word (letters or digits); anything else is a UsageError, so the work per query is bounded.
+    """
+    if len(text) > MAX_QUERY_CHARS:
+        raise UsageError(f"the query is {len(text):,} characters; the limit is {MAX_QUERY_CHARS}")
+    terms = list(dict.fromkeys(_words(text)))  # distinct, in order
     if not terms:
-        return []
+        raise UsageError("the query has no words to search for (letters or digits)")
+    if len(terms) > MAX_QUERY_TERMS:
+        raise UsageError(f"the query has {len(terms)} distinct words; the limit is {MAX_QUERY_TERMS}")
     phrase = text.casefold().strip()
     results = []
     for m in catalog.methods:

@@ -26,25 +26,38 @@ def method_row(m: "Method") -> dict[str, Any]:
             "reference": m.implementations.reference}
 
 
-def _property_filter(spec: str, known: set[str]):
-    """`mergeable` (true), `no-mergeable`/`mergeable=false`, or `inserts_at=ffn`."""
+def _property_filter(spec: str, methods: list):
+    """`mergeable` (true), `no-mergeable`/`mergeable=false`, or `inserts_at=ffn`.
+
+    Names and values are checked against what the catalog holds: a misspelt name is bad input, a
+    value no method has is "not found" (with suggestions), never a silently empty list.
+    """
+    known = set(methods[0].properties) if methods else set()
     name, _, wanted = spec.partition("=")
     name = name.strip().replace("-", "_")
     negate = name.startswith("no_") and name[3:] in known
     if negate:
+        if wanted:
+            raise UsageError(f"'{spec}': give no-NAME or NAME=VALUE, not both")
         name, wanted = name[3:], "false"
     if name not in known:
         raise UsageError(f"unknown property '{name}'" + did_you_mean(name, known))
     wanted = wanted.strip().lower() or "true"
+    values = [getattr(m.properties, name) for m in methods]
+    if all(isinstance(v, bool) for v in values):
+        if wanted not in ("true", "false", "yes", "no"):
+            raise UsageError(f"property '{name}' is true or false, not '{wanted}'")
+        truth = wanted in ("true", "yes")
+        return lambda m: getattr(m.properties, name) is truth
+    seen = {str(x).lower() for v in values for x in (v if isinstance(v, list) else [v]) if x is not None}
+    if wanted not in seen:
+        raise NotFoundError(f"no method has {name}={wanted}" + did_you_mean(wanted, seen)
+                            + "; values in the catalog: " + ", ".join(sorted(seen)))
 
     def keep(m: "Method") -> bool:
         value = getattr(m.properties, name)
-        if isinstance(value, bool):
-            if wanted not in ("true", "false", "yes", "no"):
-                raise UsageError(f"property '{name}' is true or false, not '{wanted}'")
-            return value is (wanted in ("true", "yes"))
         if isinstance(value, list):
-            return wanted in value
+            return wanted in (str(x).lower() for x in value)
         return str(value).lower() == wanted
 
     return keep
@@ -79,7 +92,12 @@ def list_methods(
             raise UsageError(f"unknown scheme '{scheme}'" + did_you_mean(scheme, SCHEMES) + "; use " + ", ".join(SCHEMES))
         if not category:
             raise UsageError("--scheme needs --category, a class of that scheme")
-        wanted = category.lower()
+        wanted = category.lower().strip("/")
+        classes = {m.crosswalk[key]["class"] for m in methods if m.crosswalk and m.crosswalk.get(key)}
+        known = classes | {c.rsplit("/", i)[0] for c in classes for i in range(1, c.count("/") + 1)}
+        if wanted not in known:
+            raise NotFoundError(f"no class '{category}' in the {key} scheme" + did_you_mean(wanted, known)
+                                + "; its classes: " + ", ".join(sorted(known)))
         methods = [m for m in methods if m.crosswalk and m.crosswalk.get(key)
                    and (m.crosswalk[key]["class"] == wanted or m.crosswalk[key]["class"].startswith(wanted + "/"))]
         title = f"{key}: {wanted}"
@@ -87,13 +105,14 @@ def list_methods(
         node = query.find_category(cat, category)
         methods = query.methods_in(cat, node.id)
         title = f"{node.name} ({node.id})"
+    if since is not None and until is not None and since > until:
+        raise UsageError(f"--since {since} is after --until {until}: no year is in that range")
     if since is not None:
         methods = [m for m in methods if m.year >= since]
     if until is not None:
         methods = [m for m in methods if m.year <= until]
-    known = set(cat.methods[0].properties) if cat.methods else set()
     for spec in prop:
-        keep = _property_filter(spec, known)
+        keep = _property_filter(spec, cat.methods)
         methods = [m for m in methods if keep(m)]
     if has_impl:
         methods = [m for m in methods if m.implementations.reference]
@@ -101,7 +120,10 @@ def list_methods(
         methods = [m for m in methods if m.survey.confidence != "not-in-survey"]
     if in_experiments:
         methods = [m for m in methods if m.survey.in_experiments]
+    known_tags = {t for m in cat.methods for t in m.tags}
     for t in tag:
+        if t not in known_tags:
+            raise NotFoundError(f"no method has the tag '{t}'" + did_you_mean(t, known_tags))
         methods = [m for m in methods if t in m.tags]
     methods.sort(key=SORT_KEYS[sort])
     rows = [method_row(m) for m in methods]

@@ -36,20 +36,18 @@ def _cell(value: Any) -> str:
 def emit(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None = None, title: str | None = None,
          data: Any = None) -> None:
     """Print rows. `data` (default: rows) is what json/yaml print, for commands with richer structure."""
-    out = sys.stdout
     payload = rows if data is None else data
     if fmt is Format.json:
-        out.write(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+        write(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
         return
     if fmt is Format.yaml:
         import yaml
 
-        out.write(yaml.safe_dump(json.loads(json.dumps(payload, default=str)), sort_keys=True, allow_unicode=True))
+        write(yaml.safe_dump(json.loads(json.dumps(payload, default=str)), sort_keys=True, allow_unicode=True))
         return
     columns = columns or (list(rows[0]) if rows else [])
     if fmt is Format.ids:
-        for row in rows:
-            out.write(f"{row[columns[0]]}\n")
+        write("".join(f"{row[columns[0]]}\n" for row in rows))
         return
     if fmt is Format.csv:
         buffer = io.StringIO()
@@ -58,9 +56,9 @@ def emit(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None =
         for row in rows:
             writer.writerow(["; ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
                              for v in (row.get(c) for c in columns)])
-        out.write(buffer.getvalue())
+        write(buffer.getvalue())
         return
-    if out.isatty():
+    if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
@@ -83,9 +81,22 @@ def plain_table(rows: list[dict[str, Any]], columns: list[str], title: str | Non
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    sys.stdout.write("\n".join(lines) + "\n")
+    write("\n".join(lines) + "\n")
 
 
 def text(message: str) -> None:
     """Free text (for `show`, `tree`, `graph --format text`)."""
-    sys.stdout.write(message if message.endswith("\n") else message + "\n")
+    write(message if message.endswith("\n") else message + "\n")
+
+
+def write(chunk: str) -> None:
+    """Write to stdout. A reader that stops early (`peftkb list | head`) is not an error: exit 0 quietly."""
+    try:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so that the flush at exit does not fail again
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0) from None

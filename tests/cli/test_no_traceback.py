@@ -69,3 +69,37 @@ def test_ctrl_c_exits_130_quietly(monkeypatch, capsys):
 def test_debug_is_a_root_option():
     result = run_cli("--debug", "show", "lora", "-f", "ids")
     assert no_traceback(result, 0) == "" and result.stdout.strip() == "lora"
+
+
+# -- the work per search query is bounded --------------------------------------------------------
+def test_a_100_kb_search_query_is_refused_at_once():
+    result = run_cli("search", "low rank " * 11_400)
+    err = no_traceback(result, 2)
+    assert "the limit is 300" in err and err.count("\n") == 1
+
+
+def test_a_query_of_many_distinct_words_is_refused():
+    from peftkb import query
+
+    words = " ".join(f"w{i}" for i in range(query.MAX_QUERY_TERMS + 1))
+    assert len(words) <= query.MAX_QUERY_CHARS
+    assert f"the limit is {query.MAX_QUERY_TERMS}" in no_traceback(run_cli("search", words), 2)
+
+
+def test_a_long_paper_title_is_still_a_query():
+    title = "Parameter-Efficient Fine-Tuning Methods for Pretrained Language Models: A Critical Review and Assessment"
+    result = run_cli("search", title, "-f", "ids")
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    # `peftkb list | head -1`: the reader goes away; the writer exits 0 without a traceback
+    proc = subprocess.Popen([sys.executable, "-m", "peftkb", "list", "-f", "json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.read(1)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""

@@ -82,3 +82,56 @@ def test_validate_missing_paths_or_folder_plus_files_are_bad_input(kb, args):
     args = tuple(str(kb.root) if a == "FOLDER" else str(kb.root / "catalog" / "lora.yaml") if a == "FILE" else a
                  for a in args)
     fails(2, "validate", *args, root=kb.root)
+
+
+# -- list filters: an unknown name is "not found", contradictory filters are bad input ----------------
+@pytest.mark.parametrize("args, code, says", [
+    (("--scheme", "han", "--category", "nosuch"), 1, "no class 'nosuch' in the han2024 scheme"),
+    (("--scheme", "han", "--category", "selectiv"), 1, "did you mean 'selective'"),
+    (("--scheme", "lialin", "--category", "additive/adapter"), 1, "did you mean 'additive/adapters'"),
+    (("--category", "nosuch"), 1, "no category 'nosuch'"),
+    (("--since", "2025", "--until", "2020"), 2, "--since 2025 is after --until 2020"),
+    (("--tag", "nosuch-tag"), 1, "no method has the tag 'nosuch-tag'"),
+    (("--property", "inserts_at=fnn"), 1, "did you mean 'ffn'"),
+    (("--property", "mergeable=maybe"), 2, "true or false"),
+    (("--property", "no-mergeable=true"), 2, "not both"),
+    (("--property", "mergable"), 2, "did you mean 'mergeable'"),
+    (("--sort", "yaer"), 2, "did you mean 'year'"),
+    (("--scheme", "nosuch", "--category", "additive"), 2, "unknown scheme 'nosuch'"),
+])
+def test_list_filters_that_cannot_match_are_errors(args, code, says):
+    assert says in fails(code, "list", *args)
+
+
+def test_a_scheme_class_prefix_selects_its_subclasses():
+    ids = set(ok("list", "--scheme", "lialin", "--category", "additive", "-f", "ids").split())
+    adapters = set(ok("list", "--scheme", "lialin", "--category", "additive/adapters", "-f", "ids").split())
+    assert adapters and adapters < ids
+
+
+def test_same_year_bounds_are_one_year():
+    rows = json.loads(ok("list", "--since", "2021", "--until", "2021", "-f", "json"))
+    assert rows and {r["year"] for r in rows} == {2021}
+
+
+def test_property_values_match_lists_and_plain_values():
+    ffn = json.loads(ok("list", "--property", "inserts_at=ffn", "-f", "json"))
+    assert ffn and all("ffn" in r["properties"]["inserts_at"] for r in ffn)
+    tagged = json.loads(ok("list", "--tag", "low-rank", "-f", "json"))
+    assert tagged and all("low-rank" in r["tags"] for r in tagged)
+
+
+# -- the other read commands ------------------------------------------------------------------------
+@pytest.mark.parametrize("args, code, says", [
+    (("cite", "--category", "nosuch"), 1, "no category 'nosuch'"),
+    (("cite", "lora", "nosuch-method"), 1, "no method 'nosuch-method'"),
+    (("cite",), 2, "give at least one method id or --category"),
+    (("show", "lorra"), 1, "did you mean"),
+    (("graph", "nosuch-method"), 1, "no method 'nosuch-method'"),
+    (("crosswalk", "nosuch-method"), 1, "no method 'nosuch-method'"),
+    (("search", ""), 2, "no words to search for"),
+    (("search", "?!"), 2, "no words to search for"),
+    (("search", "lora", "--limit", "0"), 2, "--limit"),
+])
+def test_read_commands_refuse_what_cannot_be_answered(args, code, says):
+    assert says in fails(code, *args)
