@@ -24,6 +24,13 @@ transformer_decoder_CIAT.py); the layer adapters are assumed to have the same st
 parallel with their sublayer (the v1 title's "parallel"), which was not checked against the paper's
 text. The authors' released decoder has adapters on the self-attention and the FFN only and freezes the
 encoder-decoder attention; set cross_attention=False to reproduce that code.
+Checked against: the authors' code github.com/Yaoming95/CIAT @c193c955 (transformer_decoder_CIAT.py builds
+SA_adapter_decoder and FFW_adapter_decoder per block and no adapter for encdec_attention, whose
+`trainable` is is_pretrain, i.e. frozen while the adapters train; adapterEmb.py); the arXiv v1 abstract
+("embedding and layer adapters"). The paper's own section on the layer adapters could not be retrieved
+here, so the evidence at hand (the code, the abstract) favours cross_attention=False as the faithful
+default; the default stays True only because the catalog entry (default and formula) says so, and
+changes with it.
 Deviations: W_up and b_up start at zero (the authors' code uses the default dense init) so the adapted
 model starts equal to the base model; the embedding adapter runs after T5's embedding dropout rather than
 before it (identical when dropout is 0). One adapter set is trained per language direction; serving

@@ -5,8 +5,14 @@ Trainable:  r * (d_in + d_out) per targeted module      (catalog: trainable_para
 Paper:      "LoRA: Low-Rank Adaptation of Large Language Models", Edward J. Hu et al., 2021 (ICLR 2022),
             arXiv 2106.09685.
 
-Initialisation follows the paper (and peft): A ~ Kaiming-uniform, B = 0, so B A = 0 and the adapted
-model starts out equal to the base model. After training, W = W0 + (alpha / r) B A can be merged into
+Initialisation: B = 0, so B A = 0 and the adapted model starts out equal to the base model (paper §4.1).
+The paper draws A from a random Gaussian; A ~ Kaiming-uniform (nn.Linear's init) here is the choice of
+the authors' loralib (microsoft/LoRA, loralib/layers.py reset_parameters) and of peft's default
+(init_lora_weights=True); either way B = 0 makes the starting point the base model.
+
+Checked against: the paper §4.1 (h = W0 x + ΔW x = W0 x + B A x, scaled by alpha / r; Gaussian A, zero
+B); loralib's Linear (scaling alpha / r, merge W += B A * scaling); peft 0.21.2 (the oracle tests compare
+outputs and merged weights with LoraModel). After training, W = W0 + (alpha / r) B A can be merged into
 the base weight, so inference costs nothing extra.
 
 On GPT-2, q, k and v share one fused Conv1D; LoRA adapts the whole fused module (as peft does), so
