@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup schema clean
+.PHONY: run test setup schema clean check-wheel
 run: $(STAMP)
 	$(VENV)/bin/peftkb list --category reparameterized
 
@@ -27,6 +27,23 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The package as a user installs it: a wheel in a fresh virtual environment, run from an empty folder
+# (no checkout, no $PEFTKB_ROOT): read commands, a calculator and a training run answer from the
+# knowledge base the wheel ships. Everything lives in build/wheel-check/ (git-ignored).
+WHEEL_CHECK := build/wheel-check
+check-wheel:
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)/empty
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet --upgrade pip
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet "torch>=2.6,<2.14"
+	$(WHEEL_CHECK)/venv/bin/python -m pip wheel --quiet --no-deps -w $(WHEEL_CHECK) .
+	$(WHEEL_CHECK)/venv/bin/python -m pip install --quiet "$$(ls $(WHEEL_CHECK)/peftkb-*.whl)[impl]"
+	cd $(WHEEL_CHECK)/empty && env -u PEFTKB_ROOT HOME=$$PWD ../venv/bin/peftkb list --category reparameterized --format ids
+	cd $(WHEEL_CHECK)/empty && env -u PEFTKB_ROOT HOME=$$PWD ../venv/bin/peftkb params lora -m llama-3.2-3b -s r=32 -t q,v
+	cd $(WHEEL_CHECK)/empty && env -u PEFTKB_ROOT HOME=$$PWD ../venv/bin/peftkb run lora --model tiny-llama --steps 3
+	test -z "$$(ls -A $(WHEEL_CHECK)/empty | grep -v '^.cache$$')"  # nothing written into the user's folder
+	@echo "check-wheel: ok"
 
 schema: $(STAMP)
 	$(VENV)/bin/peftkb schema --output catalog.schema.json

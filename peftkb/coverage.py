@@ -1,6 +1,6 @@
 """What the catalog lacks, measured against the survey's method list and against installed `peft`.
 
-`against_survey` reads the survey's taxonomy file (../shared/survey/taxonomy.yaml beside the checkout,
+`against_survey` reads the survey's taxonomy file (`taxonomy/survey-xu2023.yaml` in the knowledge base,
 or a path given) and matches each method by name or alias; a match must sit in the same leaf with the
 same placement confidence. `against_peft` introspects the installed `peft`: every `PeftType` member
 and the LoRA options that are methods of their own in the literature must be named by some entry's
@@ -51,7 +51,10 @@ def _names(m: Method) -> set[str]:
 
 
 def default_survey_file(root: Path) -> Path:
-    return root.parent / "shared" / "survey" / "taxonomy.yaml"
+    """The survey's method list that ships with the knowledge base."""
+    from peftkb.cache import SURVEY_FILE
+
+    return root / SURVEY_FILE
 
 
 def survey_methods(path: Path) -> list[dict]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from peftkb.cache import (CATALOG_DIR, IMPL_DIR, TAXONOMY_FILE, cache_enabled, catalog_files, find_root,
+from peftkb.cache import (CATALOG_DIR, IMPL_DIR, TAXONOMY_FILE, cache_enabled, catalog_files, find_root, impl_dir,
                           fingerprint, read_cache, write_cache)
 from peftkb.errors import CatalogError, ProblemList, did_you_mean
 from peftkb.formula import ARCH_SYMBOLS, Formula, FormulaError
@@ -253,8 +253,8 @@ def _check_method(root: Path, m: Method, name: str, doc: Located, ids: set[str],
     ref = m.implementations.reference
     if ref:
         path = ("implementations", "reference")
-        target = (root / ref).resolve()
-        impl_root = (root / IMPL_DIR).resolve()
+        impl_root = impl_dir(root).resolve()  # the checkout's folder, or the installed package
+        target = (impl_root.parent / ref).resolve()
         if not ref.endswith(".py") or impl_root not in target.parents:
             add(path, f"'{ref}' must be a .py file inside {IMPL_DIR}/")
         elif not target.is_file():

@@ -20,7 +20,7 @@ class Against(str, Enum):
 def coverage(
     against: Against = typer.Option(..., "--against", help="Compare with the survey's method list or installed peft."),
     survey_file: Optional[Path] = typer.Option(None, "--survey-file", exists=True, dir_okay=False,
-                                               help="The survey taxonomy file (default: ../shared/survey/taxonomy.yaml)."),
+                                               help="The survey taxonomy file (default: taxonomy/survey-xu2023.yaml)."),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """List what the catalog lacks against the survey or the installed peft; exit 2 if anything."""
@@ -32,6 +32,7 @@ def coverage(
         path = survey_file or cov.default_survey_file(find_root())
         if not path.is_file():
             raise UsageError(f"survey file not found: {path} (pass --survey-file)")
+        check_survey_file(path)
         gaps = cov.against_survey(cat, path)
         checked = f"{len(cov.survey_methods(path))} survey methods"
     else:
@@ -47,6 +48,53 @@ def coverage(
     emit([g.to_dict() for g in gaps], fmt, columns=["kind", "subject", "detail"], title=f"coverage against {against.value}")
     if gaps:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def check_survey_file(path: Path) -> None:
+    """Refuse a survey file that is not the survey's taxonomy, with one line naming file, line and field.
+
+    The file is read by the same safe loader as the catalog (size cap, UTF-8, no control characters, no
+    aliases, bounded nesting), then its shape is checked: a mapping whose `taxonomy` is a list of
+    categories, each with a string `id` and optional `methods` (each with a string `name`, optional
+    `aka` strings) and `subcategories`. What passes can be walked without a KeyError.
+    """
+    from peftkb.yamlsafe import YamlProblem, dotted, load_located
+
+    def bad(where: tuple, message: str) -> UsageError:
+        line, column = doc.where(where)
+        field = dotted(where)
+        return UsageError(f"{path}:{line}:{column}: " + (f"{field}: " if field else "") + message)
+
+    try:
+        doc = load_located(path)
+    except YamlProblem as exc:
+        raise UsageError(f"{path}:{exc.line}:{exc.column}: " + (f"{exc.field}: " if exc.field else "")
+                         + exc.message) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("taxonomy"), list):
+        raise bad((), "not a survey taxonomy file: expected a mapping with a list `taxonomy`")
+
+    def walk(nodes: list, where: tuple) -> None:
+        for i, node in enumerate(nodes):
+            at = where + (i,)
+            if not isinstance(node, dict) or not isinstance(node.get("id"), str):
+                raise bad(at, "each category must be a mapping with a string `id`")
+            methods = node.get("methods") or []
+            if not isinstance(methods, list):
+                raise bad(at + ("methods",), "must be a list")
+            for j, method in enumerate(methods):
+                if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+                    raise bad(at + ("methods", j), "each method must be a mapping with a string `name`")
+                aka = method.get("aka") or []
+                if not isinstance(aka, list) or not all(isinstance(a, str) for a in aka):
+                    raise bad(at + ("methods", j, "aka"), "must be a list of names")
+            subcategories = node.get("subcategories") or []
+            if not isinstance(subcategories, list):
+                raise bad(at + ("subcategories",), "must be a list")
+            walk(subcategories, at + ("subcategories",))
+
+    walk(doc.data["taxonomy"], ("taxonomy",))
 
 
 def crosswalk(

@@ -7,6 +7,17 @@ from typing import Optional
 import typer
 
 from peftkb.cli.output import text
+from peftkb.errors import UsageError
+
+
+def _require_checkout(command: str) -> None:
+    """The site's templates live in a source checkout only; the installed package data has none."""
+    from peftkb.cache import find_root, is_checkout
+
+    root = find_root()
+    if not is_checkout(root):
+        raise UsageError(f"peftkb docs {command} needs a source checkout (site/templates), and {root} is the "
+                         "installed knowledge base: run it inside a clone of the project, or pass --root")
 
 docs_app = typer.Typer(
     name="docs",
@@ -25,6 +36,7 @@ def build(
     """Render site/docs from the catalog, build it with mkdocs --strict, and check every link."""
     from peftkb.site.render import build_site, summarize
 
+    _require_checkout("build")
     report = build_site(build_dir=output.resolve() if output else None, verbose=verbose)
     text(summarize(report))
 
@@ -38,6 +50,7 @@ def serve(
     """Preview the site with live reload; edits to the catalog or templates re-render the pages."""
     from peftkb.site.render import serve_site
 
+    _require_checkout("serve")
     serve_site(dev_addr=dev_addr, open_browser=open_browser)
 
 

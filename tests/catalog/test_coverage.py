@@ -13,8 +13,9 @@ from tests.conftest import run_cli
 SURVEY_FILE = coverage.default_survey_file(find_root())
 
 
-def test_survey_file_is_beside_the_checkout():
-    assert SURVEY_FILE.is_file(), f"expected the shared survey files at {SURVEY_FILE}"
+def test_survey_file_ships_with_the_knowledge_base():
+    assert SURVEY_FILE == find_root() / "taxonomy" / "survey-xu2023.yaml"
+    assert SURVEY_FILE.is_file(), f"expected the survey's method list at {SURVEY_FILE}"
 
 
 def test_catalog_covers_every_survey_method_in_its_leaf():
