@@ -22,7 +22,15 @@ terse: the second-order term - (∂L/∂B)(∂L/∂A) of G, the per-module L2 no
 schedule and local (per layer) pruning. Pruning is done with masks at this scale: a pruned group's
 weights (and its LoRA rows/columns) no longer touch the output, so they can be cut away afterwards; we
 do not physically shrink the HF modules. On grouped-query attention (k, v with fewer heads than q) only
-q rows and o columns are masked, since a key/value head serves several query heads. The masks are
+q rows and o columns are masked, since a key/value head serves several query heads. A group set is keyed
+by the block's full path and the sublayer kind (e.g. ("encoder.block.0", "attn")), so T5's encoder block
+i and decoder block i never share an importance vector or a mask. On GPT-2 the fused c_attn is masked
+too: its q, k and v thirds each hold n_heads groups of d_head rows; each third is normalised on its own
+(as q, k, v modules are) and the three are summed, and one head's mask covers its rows in all three.
+
+Checked against: the paper §3 (the LoRA-guided criterion, Eq. for G and Î, the moving average); the
+authors' code github.com/aim-uofa/LoRAPrune (loraprune/utils.py) for the second-order term, the
+normalisation, β and the schedule. peft has no LoRAPrune. The masks are
 buffers; `training_hooks` computes importance and prunes. Init as LoRA (B = 0, masks = 1): the model
 starts equal to the base model. Mergeable: merge() folds (alpha / r) B A into W; the masks stay.
 """
@@ -61,8 +69,9 @@ class LoRAPruneLinear(LoRALinear):
         # ones: nothing pruned yet, so the layer is plain LoRA and starts equal to the base layer
         self.register_buffer("in_mask", torch.ones(d_in))    # (d_in,), columns kept
         self.register_buffer("out_mask", torch.ones(d_out))  # (d_out,), rows kept
-        self.group: tuple[int, str, str] | None = None       # (layer, "attn" | "ffn", "row" | "col")
+        self.group: tuple[str, str, str] | None = None       # (block path, "attn" | "ffn", "row" | "col")
         self.group_size = 1                                   # rows / columns per group (d_head or 1)
+        self.n_parts = 1                                      # 3 for GPT-2's fused (q | k | v) rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, d_in)
         return super().forward(x * self.in_mask) * self.out_mask  # (B, T, d_out)
@@ -79,12 +88,12 @@ class LoRAPruneLinear(LoRALinear):
         """s_g per group of this module, unit L2 norm: (n_groups,)."""
         I = self.weight_importance()
         per_channel = I.sum(1) if self.group[2] == "row" else I.sum(0)  # (d_out,) or (d_in,)
-        s = per_channel.reshape(-1, self.group_size).sum(1)             # (n_groups,)
-        return s / (torch.linalg.norm(s) + 1e-8)
+        s = per_channel.reshape(self.n_parts, -1, self.group_size).sum(2)  # (n_parts, n_groups)
+        return (s / (torch.linalg.norm(s, dim=1, keepdim=True) + 1e-8)).sum(0)  # (n_groups,)
 
     @torch.no_grad()
     def set_group_mask(self, keep: torch.Tensor) -> None:  # keep: (n_groups,) bool
-        channel = keep.repeat_interleave(self.group_size).to(self.in_mask)  # (n_groups * group_size,)
+        channel = keep.repeat_interleave(self.group_size).repeat(self.n_parts).to(self.in_mask)  # (d_out,) or (d_in,)
         (self.out_mask if self.group[2] == "row" else self.in_mask).copy_(channel)
 
 
@@ -98,12 +107,12 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config: LoRAPruneConfig) -> None:
         self.c = config
-        self.sets: dict[tuple[int, str], list[LoRAPruneLinear]] = {}
+        self.sets: dict[tuple[str, str], list[LoRAPruneLinear]] = {}
         for m in prune_layers(model):
             if m.group is not None:
                 self.sets.setdefault(m.group[:2], []).append(m)
-        self.I_bar: dict[tuple[int, str], torch.Tensor] = {}
-        self.keep: dict[tuple[int, str], torch.Tensor] = {}
+        self.I_bar: dict[tuple[str, str], torch.Tensor] = {}
+        self.keep: dict[tuple[str, str], torch.Tensor] = {}
 
     def sparsity(self, step: int) -> float:
         """p(t): 0 during warm-up, cubic rise, target sparsity for the last t_final steps (authors' schedule)."""
@@ -151,14 +160,16 @@ def apply(model: nn.Module, config: LoRAPruneConfig) -> nn.Module:
     n_heads, d_head = sym["n_heads"], sym["d_head"]
     for t in find_targets(model, config.target_modules):
         layer = LoRAPruneLinear(t.module, config.r, config.alpha)
-        digits = re.findall(r"\.(\d+)\.", f".{t.name}.")
+        block = re.match(r"(.*?\.\d+)\.", t.name)  # the block's full path, e.g. "decoder.block.0"
         role = t.roles[0] if t.roles else ""
-        if digits and role in ROW_ROLES | COL_ROLES:
+        if block and role in ROW_ROLES | COL_ROLES:
             kind = ROW_ROLES.get(role) or COL_ROLES[role]
             side = "row" if role in ROW_ROLES else "col"
             width = layer.B.shape[0] if side == "row" else layer.A.shape[1]
             size = d_head if kind == "attn" else 1
-            if kind == "ffn" or width == n_heads * d_head:  # GQA's narrower k, v are not head-pruned
-                layer.group, layer.group_size = (int(digits[0]), kind, side), size
+            fused = kind == "attn" and side == "row" and width == 3 * n_heads * d_head and len(t.roles) == 3
+            if kind == "ffn" or width == n_heads * d_head or fused:  # GQA's narrower k, v are not head-pruned
+                layer.group, layer.group_size = (block.group(1), kind, side), size
+                layer.n_parts = 3 if fused else 1
         replace_module(model, t.name, layer)
     return model

@@ -7,6 +7,7 @@ import torch
 
 from impl_cases import batch_for, perturb, prepare, run_training
 from reference_impls import loraprune
+from reference_impls._core import linear_weight
 
 SMALL = dict(r=4, alpha=8, total_steps=30, t_init=3, t_final=5, delta_t=2)
 
@@ -42,13 +43,52 @@ def test_group_importance_sums_each_head_and_normalises():
     _backward(model)
     q = model.get_submodule("bert.encoder.layer.0.attention.self.query")
     o = model.get_submodule("bert.encoder.layer.0.attention.output.dense")
-    assert q.group == (0, "attn", "row") and o.group == (0, "attn", "col")
+    assert q.group == ("bert.encoder.layer.0", "attn", "row") and o.group == ("bert.encoder.layer.0", "attn", "col")
     I = q.weight_importance()  # (32, 32): 4 heads of 8 rows
     s = torch.stack([I[8 * h:8 * (h + 1)].sum() for h in range(4)])
     torch.testing.assert_close(q.group_importance(), s / s.norm())
     I = o.weight_importance()  # heads are o's input columns
     s = torch.stack([I[:, 8 * h:8 * (h + 1)].sum() for h in range(4)])
     torch.testing.assert_close(o.group_importance(), s / s.norm())
+
+
+def test_t5_encoder_and_decoder_blocks_keep_separate_importance_and_masks():
+    """Groups are keyed by the block's full path: encoder block i and decoder block i are two sets."""
+    model, config = _model("tiny-t5")
+    perturb(model)
+    pruner = loraprune.Pruner(model, config)
+    assert sorted(pruner.sets) == sorted((f"{stack}.block.{i}", kind) for stack in ("encoder", "decoder")
+                                         for i in (0, 1) for kind in ("attn", "ffn"))
+    enc_q = model.get_submodule("encoder.block.0.layer.0.SelfAttention.q")
+    dec_q = model.get_submodule("decoder.block.0.layer.0.SelfAttention.q")
+    assert enc_q in pruner.sets["encoder.block.0", "attn"] and dec_q in pruner.sets["decoder.block.0", "attn"]
+    _backward(model)
+    pruner.update_importance()
+    key = ("decoder.block.0", "attn")
+    expected = sum(m.group_importance() for m in pruner.sets[key])  # q, k, v rows and o columns of that block
+    torch.testing.assert_close(pruner.I_bar[key], expected)
+    pruner.prune(0.5)
+    for key, modules in pruner.sets.items():
+        for m in modules:
+            mask = m.out_mask if m.group[2] == "row" else m.in_mask
+            torch.testing.assert_close(mask, pruner.keep[key].repeat_interleave(m.group_size).float())
+
+
+def test_gpt2_fused_qkv_rows_are_grouped_by_head_in_each_third():
+    model, config = _model("tiny-gpt2")
+    perturb(model)
+    _backward(model)
+    c_attn = model.get_submodule("transformer.h.0.attn.c_attn")
+    assert c_attn.group == ("transformer.h.0", "attn", "row") and c_attn.n_parts == 3
+    I = c_attn.weight_importance()  # (96, 32): q | k | v, each 4 heads of 8 rows
+    parts = []
+    for part in range(3):
+        s = torch.stack([I[32 * part + 8 * h: 32 * part + 8 * (h + 1)].sum() for h in range(4)])
+        parts.append(s / s.norm())
+    torch.testing.assert_close(c_attn.group_importance(), sum(parts))
+    c_attn.set_group_mask(torch.tensor([True, False, True, True]))  # prune head 1 in q, k and v
+    dropped = [r for r in range(96) if (r % 32) // 8 == 1]
+    assert c_attn.out_mask[dropped].sum() == 0 and c_attn.out_mask.sum() == 96 - 24
 
 
 def test_sparsity_schedule_rises_from_zero_to_the_target():
@@ -81,7 +121,7 @@ def test_pruning_removes_the_lowest_importance_groups_and_never_revives_them():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-llama"])
+@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-llama", "tiny-t5", "tiny-gpt2"])
 def test_training_reaches_target_sparsity_and_pruned_weights_no_longer_matter(arch):
     model, config = _model(arch, sparsity=0.5)
     losses = run_training("loraprune", model, config, steps=config.total_steps)
@@ -95,8 +135,9 @@ def test_training_reaches_target_sparsity_and_pruned_weights_no_longer_matter(ar
         out = model(**batch).logits
         for m in loraprune.prune_layers(model):  # scribble over everything the masks removed
             rows, cols = m.out_mask == 0, m.in_mask == 0
-            m.base.weight[rows] = 100.0
-            m.base.weight[:, cols] = 100.0
+            W = linear_weight(m.base)  # (d_out, d_in), a view also for GPT-2's Conv1D
+            W[rows] = 100.0
+            W[:, cols] = 100.0
             m.B[rows] = 100.0
             m.A[:, cols] = 100.0
             if m.base.bias is not None:
