@@ -30,8 +30,10 @@ def coverage(
     cat = catalog()
     if against is Against.survey:
         path = survey_file or cov.default_survey_file(find_root())
-        if not path.is_file():
+        if not path.exists():
             raise UsageError(f"survey file not found: {path} (pass --survey-file)")
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file")
         check_survey_file(path)
         gaps = cov.against_survey(cat, path)
         checked = f"{len(cov.survey_methods(path))} survey methods"

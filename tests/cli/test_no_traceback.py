@@ -103,3 +103,27 @@ def test_a_closed_pipe_is_not_an_error():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and err == ""
+
+
+# -- coverage --survey-file: the file is checked at the command's boundary ---------------------------
+@pytest.mark.parametrize("content, says", [
+    (b"- a\n- b\n", "expected a mapping with a list `taxonomy`"),
+    (bytes(range(256)) * 4, "not valid UTF-8"),
+    (b"taxonomy: ok\n\x07", "U+0007"),
+    (b"taxonomy:\n- id: x\n  methods:\n  - aka: [y]\n", "taxonomy[0].methods[0]: each method must be a mapping"),
+    (b"taxonomy:\n- id: x\n  subcategories: {a: 1}\n", "taxonomy[0].subcategories: must be a list"),
+    (b"taxonomy:\n- name: no id\n", "taxonomy[0]: each category must be a mapping with a string `id`"),
+    (b"taxonomy: []\ntaxonomy: []\n", "duplicate key 'taxonomy'"),
+    (b"# " + b"x" * 1_200_000, "the limit is 1,000,000"),
+])
+def test_a_bad_survey_file_is_one_line_and_exit_2(tmp_path, content, says):
+    path = tmp_path / "survey.yaml"
+    path.write_bytes(content)
+    err = no_traceback(run_cli("coverage", "--against", "survey", "--survey-file", str(path)), 2)
+    assert says in err and err.startswith(f"error: {path}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "/dev/zero"])
+def test_a_survey_file_that_is_not_a_regular_file(special):
+    err = no_traceback(run_cli("coverage", "--against", "survey", "--survey-file", special), 2)
+    assert err.count("\n") == 1
