@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from reference_impls._core import arch_symbols, family, freeze_base, replace_module
-from reference_impls._adapters import blocks
+from reference_impls._adapters import blocks, hidden_of
 from reference_impls.sequential_adapter import Bottleneck
 
 
@@ -102,11 +102,12 @@ class CoDALayer(nn.Module):
         self.last_selected = I
         idx = I[..., None].expand(B, k, d)                           # (B, k, d)
         X_I = torch.gather(X, 1, idx)                                # (B, k, d)
-        F_I = self.base(X_I, _gather_mask(attention_mask, I, n), *args, **kwargs)[0]  # (B, k, d), heavy path
+        out = self.base(X_I, _gather_mask(attention_mask, I, n), *args, **kwargs)  # heavy path
+        F_I = hidden_of(out)                                         # (B, k, d)
         Y = X + self.adapter(X)                                      # (B, n, d), light path, every token
         lam_I = torch.gather(lam, 1, I)[..., None]                   # (B, k, 1)
         Y = Y.scatter_add(1, idx, lam_I * (F_I - X_I))               # only the selected rows change
-        return (Y,)
+        return Y if isinstance(out, torch.Tensor) else (Y,)          # transformers 5.x blocks return a tensor
 
 
 def apply(model: nn.Module, config: CoDAConfig) -> nn.Module:

@@ -23,10 +23,13 @@ def test_fusion_attends_to_the_adapter_of_the_target_task_and_leaves_adapters_un
     base = fresh("tiny-bert")
     config = af.AdapterFusionConfig(n_adapters=2, bottleneck=8)
     # stage 1: adapter 0 learns task 0, adapter 1 learns task 1 (labels moved along the vocabulary)
-    states = af.train_task_adapters(base, [task_batch(base, 0, seed=1), task_batch(base, 1, seed=2)], config, steps=30)
+    batches = [task_batch(base, 0, seed=1), task_batch(base, 1, seed=2)]
+    states = af.train_task_adapters(base, batches, config, steps=30)
     weight_on_adapter_1 = {}
-    for task in (0, 1):  # stage 2 on new samples of each task
-        target = task_batch(base, task, seed=10)
+    for task in (0, 1):  # stage 2 on the target task's training data, as in the paper
+        # (not on new samples: from one batch of 48 tokens an adapter cannot learn "move every label 7 places"
+        # for tokens it never saw, so on new samples whether task 1's adapter helps is down to the random init)
+        target = batches[task]
         model = af.load_adapters(af.apply(copy.deepcopy(base), config), states)
         adapters_before = {n: p.clone() for n, p in model.named_parameters() if ".adapters." in n}
         torch.manual_seed(0)
@@ -39,7 +42,7 @@ def test_fusion_attends_to_the_adapter_of_the_target_task_and_leaves_adapters_un
             model(**target)
         weight_on_adapter_1[task] = mean_weights(model)[1].item()
     # the fusion learned to use task 1's adapter more when the target task is task 1
-    assert weight_on_adapter_1[1] > weight_on_adapter_1[0] + 0.1, weight_on_adapter_1
+    assert weight_on_adapter_1[1] > weight_on_adapter_1[0] + 0.5, weight_on_adapter_1
 
 
 def test_fusion_layer_computes_the_papers_attention():

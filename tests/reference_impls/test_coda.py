@@ -8,6 +8,7 @@ import torch
 
 from impl_cases import batch_for, fresh
 from reference_impls import coda
+from reference_impls._adapters import hidden_of
 
 CONFIG = coda.CoDAConfig(bottleneck=8, reduction_factor=3)
 
@@ -45,7 +46,7 @@ def test_unselected_tokens_skip_the_frozen_layer_and_take_the_adapter_path():
     seen = []
     layer.base.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     X = torch.randn(2, 12, 32)
-    Y = layer(X)[0]
+    Y = hidden_of(layer(X))
     k = math.ceil(12 / 3)
     assert seen == [torch.Size([2, k, 32])]  # the heavy layer saw k tokens per sequence, not 12
     I = layer.last_selected  # (2, k)
@@ -55,7 +56,7 @@ def test_unselected_tokens_skip_the_frozen_layer_and_take_the_adapter_path():
         assert torch.equal(Y[b, rest], light[b, rest])  # bitwise: the frozen layer never touched them
         lam = coda.soft_top_k(X @ layer.router, k, CONFIG.temperature)[b, I[b]][:, None]
         X_I = X[b:b + 1, I[b]]
-        F_I = layer.base(X_I)[0]
+        F_I = hidden_of(layer.base(X_I))
         torch.testing.assert_close(Y[b, I[b]], light[b, I[b]] + lam * (F_I[0] - X_I[0]), atol=1e-5, rtol=1e-5)
     selected_scores = (X @ layer.router).gather(1, I)
     assert (selected_scores.min(-1).values >= (X @ layer.router).topk(k, -1).values[:, -1] - 1e-6).all()
