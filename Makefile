@@ -28,6 +28,26 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The same suite on the last transformers 4.x (the project supports >=4.45,<6; `make test` runs the 5.x
+# the default install resolves to): a second environment, .venv-legacy, same torch pin and extras.
+LEGACY_VENV         := .venv-legacy
+LEGACY_PY           := $(LEGACY_VENV)/bin/python
+LEGACY_STAMP        := $(LEGACY_VENV)/.installed
+LEGACY_TRANSFORMERS := transformers==4.57.6
+
+.PHONY: test-legacy
+$(LEGACY_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_PY) -m pip install --quiet --upgrade pip
+	$(LEGACY_PY) -m pip install --quiet "torch>=2.6,<2.14"
+	$(LEGACY_PY) -m pip install --quiet -e ".[impl,docs,dev]" "$(LEGACY_TRANSFORMERS)"
+	$(LEGACY_PY) -m pip install --quiet --no-deps $(BENCH_PACKAGES)
+	touch $(LEGACY_STAMP)
+
+test-legacy: $(LEGACY_STAMP)
+	$(LEGACY_PY) -c "import transformers; assert transformers.__version__.startswith('4.'), transformers.__version__"
+	$(LEGACY_PY) -m pytest
+
 # The package as a user installs it: a wheel in a fresh virtual environment, run from an empty folder
 # (no checkout, no $PEFTKB_ROOT): read commands, a calculator and a training run answer from the
 # knowledge base the wheel ships. Everything lives in build/wheel-check/ (git-ignored).
