@@ -112,3 +112,59 @@ def test_budget_schedule_and_pruned_ranks_match_peft():
             assert torch.equal(kept_ours, kept_theirs), f"step {step}, {name}"
     kept = sum(int((m.Lambda != 0).sum()) for m in adalora.svd_layers(ours))
     assert kept == config.target_r * len(names)  # pruning did happen, down to the target budget
+
+
+def _explicit_orthogonality(model) -> torch.Tensor:
+    """R = mean over the 2n matrices of ||PᵀP - I||_F and ||QQᵀ - I||_F, written out entry by entry."""
+    terms = []
+    for m in adalora.svd_layers(model):
+        r = m.Lambda.shape[0]
+        for G in (m.P.T @ m.P, m.Q @ m.Q.T):
+            terms.append(((G - torch.eye(r)) ** 2).sum().sqrt())
+    return sum(terms) / len(terms)
+
+
+def test_the_weighted_orthogonality_regulariser_is_what_training_adds_to_the_loss():
+    """One step of _core.train with the method's hooks moves P and Q exactly as Adam on
+    L_task + orth_reg_weight * R does (R recomputed here), and not as Adam on L_task alone."""
+    import copy
+
+    import reference_impls
+    from reference_impls._core import train
+
+    config = adalora.AdaLoRAConfig(init_r=4, orth_reg_weight=0.7, total_steps=5, t_init=10)  # no pruning yet
+    model = adalora.apply(fresh("tiny-llama"), config)
+    perturb(model)
+    batch = batch_for(model)
+    hooks = reference_impls.hooks("adalora", model, config)
+    assert set(hooks) == {"extra_loss", "after_step"}
+    torch.testing.assert_close(hooks["extra_loss"](), 0.7 * _explicit_orthogonality(model))
+
+    def manual_step(m, with_reg: bool):
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=1e-2)
+        m.train()
+        loss = m(**batch).loss + (0.7 * _explicit_orthogonality(m) if with_reg else 0.0)
+        loss.backward()
+        opt.step()
+
+    expected, without = copy.deepcopy(model), copy.deepcopy(model)
+    train(model, batch, 1, 1e-2, **hooks)
+    manual_step(expected, True)
+    manual_step(without, False)
+    for ours, want, plain in zip(adalora.svd_layers(model), adalora.svd_layers(expected), adalora.svd_layers(without)):
+        torch.testing.assert_close(ours.P, want.P, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours.Q, want.Q, atol=1e-6, rtol=1e-5)
+    assert any((o.P - p.P).abs().max() > 1e-4 for o, p in zip(adalora.svd_layers(model), adalora.svd_layers(without)))
+
+
+def test_update_is_P_Lambda_Q_scaled_by_alpha_over_init_r():
+    config = adalora.AdaLoRAConfig(init_r=4, alpha=12)
+    model = adalora.apply(fresh("tiny-llama"), config)
+    perturb(model)
+    layer = adalora.svd_layers(model)[0]
+    with torch.no_grad():
+        layer.Lambda.normal_()
+        x = torch.randn(2, 3, layer.Q.shape[1])
+        expected = layer.base(x) + (12 / 4) * x @ (layer.P @ torch.diag(layer.Lambda) @ layer.Q).T
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)

@@ -79,3 +79,28 @@ def test_training_ends_with_the_budget_and_finalize_keeps_outputs():
     increlora.finalize(model)
     torch.testing.assert_close(logits(model, batch), before, atol=1e-5, rtol=1e-5)
     assert count_trainable(model) == sum(m.rank * (sum(linear_dims(m.base)) + 1) for m in layers)
+
+
+def test_update_is_scaled_by_alpha_over_the_current_rank():
+    """ΔW = (alpha / r_t) Σ_active e_i b_i a_iᵀ (+ the reserves' fixed 1e-5), r_t = the module's active count;
+    growing the rank changes the scale, and the layer's output uses exactly this ΔW."""
+    model, config = _model(alpha=6)
+    perturb(model)
+    layer = increlora.increlora_layers(model)[0]
+    x = torch.randn(2, 3, layer.A.shape[1])
+
+    def explicit():
+        active = layer.status == increlora.ACTIVE
+        reserve = layer.status == increlora.RESERVE
+        e = torch.where(active, layer.E, torch.where(reserve, torch.tensor(increlora.RESERVE_E), torch.tensor(0.0)))
+        r_t = int(active.sum())
+        return (6 / r_t) * sum(e[i] * torch.outer(layer.B[:, i], layer.A[i]) for i in range(layer.A.shape[0]))
+
+    with torch.no_grad():
+        layer.E.normal_()
+        assert layer.rank == 1
+        torch.testing.assert_close(layer.delta_weight(), explicit(), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(layer(x), layer.base(x) + x @ explicit().T, atol=1e-5, rtol=1e-5)
+        layer.grow(2, keep_reserve=False)
+        assert layer.rank == 3
+        torch.testing.assert_close(layer.delta_weight(), explicit(), atol=1e-6, rtol=1e-5)
