@@ -94,7 +94,35 @@
     apply();
   }
 
+  /* Search: when the query is exactly a method's name or alias (as a key: see search_key in the site's
+     renderer), put that method first and make it the one Enter opens (Material opens the result with the
+     highest data-md-score). The index already ranks exact names first; this covers aliases. */
+  function searchKey(text) {
+    return text.normalize("NFKC").toLowerCase().replace(/\+/g, "plus").replace(/[^\p{L}\p{N}]/gu, "");
+  }
+
+  function setupSearchOrder() {
+    var list = document.querySelector(".md-search-result__list");
+    var input = document.querySelector("input.md-search__input");
+    if (!list || !input || list.dataset.pkOrder) return;
+    list.dataset.pkOrder = "1";
+    function reorder() {
+      var page = (window.peftkbSearchKeys || {})[searchKey(input.value)];
+      if (!page) return;
+      var items = list.querySelectorAll(":scope > li");
+      for (var i = 0; i < items.length; i++) {
+        var link = items[i].querySelector("a[href]");
+        if (!link || new URL(link.href, location.href).pathname.slice(-page.length - 1) !== "/" + page) continue;
+        if (link.firstElementChild) link.firstElementChild.setAttribute("data-md-score", "1e300");
+        if (list.firstElementChild !== items[i]) list.insertBefore(items[i], list.firstElementChild);
+        return;
+      }
+    }
+    new MutationObserver(reorder).observe(list, { childList: true });
+  }
+
   function init() {
+    setupSearchOrder();
     renderMath(document.body);
     document.querySelectorAll("[data-pk-compare]").forEach(setupCompare);
   }

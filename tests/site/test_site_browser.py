@@ -165,3 +165,38 @@ def test_comparison_filters_rows(page, site_url, tmp_path):
         box.uncheck()
     assert _offsite(page.requests) == []
     assert page.errors == []
+
+
+def _search(page, site_url, query):
+    """Type a query into Material's search box (it reacts to key presses, not fill()); the ranked page files."""
+    page.goto(site_url + "methods/index.html")
+    page.locator("label.md-search__icon, .md-search__input").first.click()
+    page.locator("input.md-search__input").click()
+    page.keyboard.type(query, delay=20)
+    page.wait_for_function(
+        "() => document.querySelector('.md-search-result__list > li')"
+        " || /No matching/.test(document.querySelector('.md-search-result__meta').textContent)")
+    page.wait_for_timeout(250)  # let the last keystroke's results replace the previous ones
+    hrefs = page.locator(".md-search-result__list > li > a").evaluate_all("as => as.map(a => a.pathname)")
+    return [h.rsplit("/", 1)[-1] for h in hrefs]
+
+
+# a method's name or alias, typed, ranks its page first (LoRA used to come 16th, behind LoRAMoE)
+SEARCHES = {"lora": "lora.html", "LoRA": "lora.html", "qlora": "qlora.html", "dora": "dora.html",
+            "adalora": "adalora.html", "compacter": "compacter.html", "lora-fa": "lora-fa.html",
+            "prefix tuning": "prefix-tuning.html", "prompt tuning": "prompt-tuning.html",
+            "ia3": "ia3.html",                                   # alias of (IA)³
+            "houlsby adapter": "sequential-adapter.html",        # alias
+            "adapter": "sequential-adapter.html",                # alias, also a prefix of AdapterSoup, AdapterDrop...
+            "low-rank adaptation": "lora.html"}                  # alias
+
+
+def test_search_ranks_exact_names_and_aliases_first(page, site_url):
+    ranked = {query: _search(page, site_url, query)[:3] for query in SEARCHES}
+    wrong = {q: r for q, r in ranked.items() if not r or r[0] != SEARCHES[q]}
+    assert wrong == {}
+    # Enter opens the first result: LoRA, not LoRAMoE
+    _search(page, site_url, "lora")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/methods/lora\.html"))
+    assert page.errors == []
