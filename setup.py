@@ -1,7 +1,7 @@
 """Ships the knowledge base inside the wheel; everything else is configured in pyproject.toml.
 
 A wheel installs into site-packages, where no `taxonomy/` or `catalog/` folder exists. `build_py`
-copies them (and the survey's method list and the JSON schema) into the package as `peftkb/_kb/`,
+copies them (and the survey's method list, the JSON schema and the measured evidence) into the package as `peftkb/_kb/`,
 where `peftkb.cache.installed_root()` finds them when peftkb runs outside any checkout.
 """
 from pathlib import Path
@@ -10,7 +10,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 #: The knowledge base as it ships: globs relative to the project root.
-KNOWLEDGE_BASE = ("taxonomy/*.yaml", "catalog/*.yaml", "catalog/UNVERIFIED.md", "catalog.schema.json")
+KNOWLEDGE_BASE = ("taxonomy/*.yaml", "catalog/*.yaml", "catalog/UNVERIFIED.md", "catalog.schema.json",
+                  "evidence/*.yaml", "benchmarks/results/*/results.jsonl")
 
 
 class BuildPyWithKnowledgeBase(build_py):

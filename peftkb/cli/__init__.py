@@ -1,4 +1,4 @@
-"""The root Typer app. Each command group lives in its own module and registers itself here.
+"""The root Typer app. Each command group lives in its own module, imported only when one of its commands runs.
 
 Nothing heavy is imported at module level: torch, transformers and peft are imported inside the
 commands that run models, networkx inside the commands that need the graph.
@@ -8,15 +8,55 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from peftkb import __version__
 from peftkb.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CatalogError, PeftkbError
 
+# Every command and the module that registers it (`register(app)`), in the order of --help. A command's
+# module is imported only when that command runs (or --help lists them all), so `peftkb list` never pays
+# for the calculators' or the trainer's imports. tests/cli/test_cli_startup.py keeps this map complete.
+COMMANDS: dict[str, str] = {
+    "list": "catalog", "show": "catalog", "search": "catalog", "tree": "catalog", "stats": "catalog",
+    "cite": "catalog", "graph": "graph", "validate": "validate", "schema": "validate", "coverage": "coverage",
+    "crosswalk": "coverage", "evidence": "evidence", "docs": "docs", "bench": "bench", "params": "calc",
+    "memory": "calc", "fit": "calc", "run": "run", "train": "train",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
+
+
+@lru_cache(maxsize=None)
+def module_commands(module: str) -> dict[str, click.Command]:
+    """The Click commands that `peftkb.cli.<module>` registers (importing it)."""
+    sub = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+    importlib.import_module(f"peftkb.cli.{module}").register(sub)
+    return dict(typer.main.get_group(sub).commands)
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: a command is looked up in COMMANDS and its module imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(dict.fromkeys([*COMMANDS, *super().list_commands(ctx)]))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            command = module_commands(COMMANDS[cmd_name]).get(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="peftkb",
     help="Explore the PEFT knowledge base: methods, taxonomy, lineage, citations and parameter counts.",
     no_args_is_help=True,
@@ -44,14 +84,6 @@ def _root(
         os.environ["PEFTKB_DEBUG"] = "1"
     if root is not None:
         os.environ["PEFTKB_ROOT"] = str(root.resolve())
-
-
-# Command groups, one module each; registration order is the order in --help. Each module's top level
-# imports only light things: heavy imports live inside the command functions.
-COMMAND_MODULES = ("catalog", "graph", "validate", "coverage", "docs", "bench", "calc", "run")
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"peftkb.cli.{_name}").register(app)
 
 
 def _debug() -> bool:

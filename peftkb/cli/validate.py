@@ -25,7 +25,7 @@ def validate(
                                                "or catalog files (default: the knowledge base you are in)."),
     fmt: ValidateFormat = typer.Option(ValidateFormat.text, "--format", "-f", help="Output format.", case_sensitive=False),
 ) -> None:
-    """Check the taxonomy and every catalog file; exit 0 when valid, 2 with every problem otherwise."""
+    """Check the taxonomy, every catalog file and the evidence files; exit 0 when valid, 2 with every problem otherwise."""
     paths = _paths(raw_paths or [])
     try:
         catalog = _load(paths)
@@ -80,10 +80,13 @@ def _paths(raw: list[str]) -> list[Path]:
 def _load(paths: list[Path]):
     from peftkb.loader import load_catalog, load_catalog_paths
 
-    if not paths:
-        return load_catalog(use_cache=False)
-    if paths[0].is_dir():
-        return load_catalog(paths[0].resolve(), use_cache=False)
+    from peftkb.evidence import load_evidence
+
+    if not paths or paths[0].is_dir():  # a whole knowledge base: its catalog, then its measured evidence
+        root = paths[0].resolve() if paths else find_root()
+        catalog = load_catalog(root, use_cache=False)
+        load_evidence(root, catalog)
+        return catalog
     # files: checked in the context of the knowledge base they belong to (found from the first one)
     return load_catalog_paths(_root_of(paths[0].resolve()), [p.resolve() for p in paths])
 

@@ -52,7 +52,8 @@ def test_the_wheel_ships_taxonomy_catalog_survey_schema_and_presets(wheel: Path)
     assert len(catalog) == len(list((ROOT / "catalog").glob("*.yaml")))
     for needed in ("peftkb/_kb/taxonomy/taxonomy.yaml", "peftkb/_kb/taxonomy/survey-xu2023.yaml",
                    "peftkb/_kb/catalog.schema.json", "peftkb/_kb/catalog/UNVERIFIED.md",
-                   "peftkb/presets/llama-3.2-3b.json", "reference_impls/lora.py"):
+                   "peftkb/presets/llama-3.2-3b.json", "reference_impls/lora.py",
+                   "peftkb/_kb/evidence/peft-metamathqa.yaml", "peftkb/_kb/benchmarks/results/bench-cpu/results.jsonl"):
         assert needed in names, needed
 
 
@@ -75,6 +76,7 @@ def test_the_installed_package_answers_from_its_own_data_in_an_empty_folder(inst
     (("coverage", "--against", "survey"), "complete"),
     (("validate",), "valid: "),
     (("cite", "lora"), "@inproceedings"),
+    (("evidence", "lora"), "peft-metamathqa"),
 ])
 def test_read_commands_and_calculators_work_from_the_wheel(installed, args, expected):
     done = peftkb(installed, *args)

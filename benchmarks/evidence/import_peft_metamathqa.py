@@ -1,0 +1,201 @@
+"""Import Hugging Face peft's MetaMathQA method-comparison results into `evidence/peft-metamathqa.yaml`.
+
+A maintainer's tool, run by hand when peft publishes new runs; peftkb itself reads only the YAML it writes.
+It reads `method_comparison/MetaMathQA/results/*.json` at one pinned commit of a local peft clone (with
+`git show`, so a bare mirror works), keeps, for each run, the numbers a practitioner compares (test
+accuracy on GSM8K, trainable parameters, peak accelerator memory, train time, checkpoint size) with the
+JSON field each came from, and maps the run to a catalog method and its hyperparameters. A run that maps
+to no catalog method is kept with the reason, never dropped.
+
+    python benchmarks/evidence/import_peft_metamathqa.py --peft-git /path/to/peft --commit <sha>
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from peftkb.loader import load_catalog  # noqa: E402
+
+RESULTS = "method_comparison/MetaMathQA/results"
+REPOSITORY = "https://github.com/huggingface/peft"
+#: Llama's module names -> the catalog's target roles.
+LLAMA_ROLES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
+               "up_proj": "up", "down_proj": "down"}
+#: catalog hyperparameter name -> peft config field names (after the name itself)
+PEFT_FIELDS = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
+               "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",),
+               "n_virtual_tokens": ("num_virtual_tokens",), "n_frozen_tokens": ("num_frozen_tokens",),
+               "stride_a": ("stride_A",), "num_b": ("num_B",)}
+#: catalog hyperparameters that peft states another way: name -> how to read it from the config
+DERIVED = {"n_tokens": lambda config: len(config["token_indices"]) if isinstance(config.get("token_indices"), list)
+           else None}
+#: What each kept number is, and where in a result file it is read.
+FIELDS = {
+    "test_accuracy": "train_info.metrics[last with 'test accuracy']['test accuracy']",
+    "num_trainable_params": "train_info.num_trainable_params",
+    "num_total_params": "train_info.num_total_params",
+    "accelerator_memory_max": "train_info.accelerator_memory_max",
+    "accelerator_memory_reserved_99th": "train_info.accelerator_memory_reserved_99th",
+    "train_time_s": "train_info.train_time",
+    "checkpoint_bytes": "train_info.file_size",
+}
+#: LoRA options told apart by a config field (the LoRA entry itself is the fallback).
+LORA_OPTIONS = (("use_dora", True, "dora"), ("use_rslora", True, "rslora"))
+#: Runs named for a LoRA variant the catalog has no entry for: experiment-name fragment -> reason.
+UNCATALOGUED = {"bdlora": "BD-LoRA (LoraConfig use_bdlora, block-diagonal factors): a peft LoRA option with no "
+                          "catalog entry",
+                "mica": "LoraConfig init_lora_weights='mica': a peft LoRA initialisation with no catalog entry"}
+
+
+def git_show(git_dir: Path, commit: str, path: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def result_files(git_dir: Path, commit: str) -> list[str]:
+    out = subprocess.run(["git", "--git-dir", str(git_dir), "ls-tree", "--name-only", f"{commit}:{RESULTS}"],
+                         check=True, capture_output=True, text=True).stdout
+    return sorted(name for name in out.split() if name.endswith(".json"))
+
+
+def by_peft(catalog) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for m in catalog.methods:
+        if m.implementations.peft:
+            out.setdefault(m.implementations.peft.peft_type, []).append(m)
+    return out
+
+
+def match_method(name: str, peft_type: str | None, config: dict, candidates: dict[str, list]) -> tuple[str | None, str]:
+    """(catalog id, reason) for one run; the id is None when no entry fits."""
+    if peft_type is None:
+        return ("full-fine-tuning", "no peft config: full fine-tuning") if name.startswith("full-finetuning") \
+            else (None, "no peft config and not a full fine-tuning run")
+    for fragment, reason in UNCATALOGUED.items():
+        if fragment in name:
+            return None, reason
+    if peft_type == "LORA":
+        if "lorafa" in name:
+            return "lora-fa", "LoRA trained with peft's LoRA-FA optimizer (create_lorafa_optimizer)"
+        for field, value, method_id in LORA_OPTIONS:
+            if config.get(field) == value:
+                return method_id, f"LoraConfig {field}={value}"
+        init = config.get("init_lora_weights")
+        if isinstance(init, str):
+            return None, f"LoraConfig init_lora_weights={init!r}: map it by hand"
+        return "lora", "plain LoraConfig"
+    methods = [m for m in candidates.get(peft_type, []) if not (m.implementations.peft.option or "")]
+    if len(methods) == 1:
+        return methods[0].id, f"the catalog's entry for PeftType {peft_type}"
+    return None, f"PeftType {peft_type} names {len(methods)} catalog entries without an option"
+
+
+def settings_of(method, config: dict) -> dict:
+    """The run's values of the method's catalog hyperparameters, read from its peft config."""
+    out: dict = {}
+    for h in method.hyperparameters:
+        if h.name == "target_modules":
+            raw = config.get("target_modules")
+            if isinstance(raw, list) and all(t in LLAMA_ROLES for t in raw):
+                out["target_modules"] = sorted((LLAMA_ROLES[t] for t in raw), key=list(LLAMA_ROLES.values()).index)
+            elif raw is not None:
+                out["target_modules"] = raw
+            continue
+        if h.name in DERIVED and DERIVED[h.name](config) is not None:
+            out[h.name] = DERIVED[h.name](config)
+            continue
+        for field in (h.name, *PEFT_FIELDS.get(h.name, ())):
+            if field in config and config[field] is not None and not isinstance(config[field], dict):
+                out[h.name] = config[field]
+                break
+    return out
+
+
+def scalar_config(config: dict) -> dict:
+    """The peft config without nulls, nested configs and bookkeeping fields."""
+    skip = {"base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version", "task_type",
+            "megatron_core"}
+    return {k: v for k, v in sorted(config.items())
+            if k not in skip and v is not None and not isinstance(v, dict) and v != []}
+
+
+def import_runs(git_dir: Path, commit: str) -> dict:
+    catalog = load_catalog()
+    methods = {m.id: m for m in catalog.methods}
+    candidates = by_peft(catalog)
+    runs, settings_seen = [], None
+    for name in result_files(git_dir, commit):
+        data = json.loads(git_show(git_dir, commit, f"{RESULTS}/{name}"))
+        info, train = data["run_info"], data["train_info"]
+        config = info.get("peft_config") or {}
+        peft_type = config.get("peft_type")
+        method_id, reason = match_method(name, peft_type, config, candidates)
+        tests = [m for m in train["metrics"] if "test accuracy" in m]
+        tc = info["train_config"]
+        setting = {"model": tc["model_id"], "dtype": tc["dtype"], "batch_size": tc["batch_size"],
+                   "max_seq_length": tc["max_seq_length"], "max_steps": tc["max_steps"],
+                   "optimizer": tc["optimizer_type"], "lr": tc["optimizer_kwargs"].get("lr"),
+                   "gradient_checkpointing": tc["use_gc"], "accelerator": data["meta_info"]["system_info"]["accelerator"]}
+        settings_seen = settings_seen or setting
+        run = {
+            "file": f"{RESULTS}/{name}",
+            "experiment": info["experiment_name"],
+            "status": train["status"],
+            "method": method_id,
+            "mapping": reason,
+            "peft_type": peft_type,
+            "settings": settings_of(methods[method_id], config) if method_id in methods else {},
+            "peft_config": scalar_config(config),
+            "setting": setting,
+            "peft_version": data["meta_info"]["package_info"].get("peft-version"),
+            "measured": {
+                "test_accuracy": round(tests[-1]["test accuracy"], 6) if tests else None,
+                "num_trainable_params": train["num_trainable_params"],
+                "num_total_params": train["num_total_params"],
+                "accelerator_memory_max": train["accelerator_memory_max"],
+                "accelerator_memory_reserved_99th": train["accelerator_memory_reserved_99th"],
+                "train_time_s": round(train["train_time"], 1),
+                "checkpoint_bytes": train["file_size"],
+            },
+        }
+        runs.append(run)
+    return {
+        "id": "peft-metamathqa",
+        "title": "Hugging Face peft method comparison: Llama-3.2-3B on MetaMathQA, tested on GSM8K",
+        "provenance": {"repository": REPOSITORY, "commit": commit, "path": RESULTS, "fields": FIELDS,
+                       "license": "Apache-2.0 (the peft repository)"},
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peft-git", type=Path, required=True, help="a peft clone's .git folder (or a bare mirror)")
+    parser.add_argument("--commit", required=True, help="the commit to read, pinned in the output")
+    parser.add_argument("--out", type=Path, default=ROOT / "evidence" / "peft-metamathqa.yaml")
+    args = parser.parse_args()
+    import yaml
+
+    source = import_runs(args.peft_git, args.commit)
+    header = ("# Measured evidence: every number with its provenance (repository, commit, file, field).\n"
+              "# Written by benchmarks/evidence/import_peft_metamathqa.py; do not edit by hand.\n")
+    tmp = args.out.with_suffix(".tmp")
+    class NoAliases(yaml.SafeDumper):  # the knowledge base refuses YAML aliases: write every value out
+        def ignore_aliases(self, data) -> bool:
+            return True
+
+    text = yaml.dump(source, Dumper=NoAliases, sort_keys=False, width=110, allow_unicode=True)
+    tmp.write_text(header + text, encoding="utf-8")
+    tmp.replace(args.out)
+    mapped = sum(r["method"] is not None for r in source["runs"])
+    print(f"{args.out}: {len(source['runs'])} runs, {mapped} mapped, {len(source['runs']) - mapped} unmapped")
+
+
+if __name__ == "__main__":
+    main()
