@@ -1,7 +1,9 @@
-"""The survey's stated findings, checked against benchmark records by explicit rules.
+"""Claims attributed to the survey, checked against benchmark records by explicit rules.
 
-Each finding is a claim from the survey (as recorded in ../shared/survey/README.md), a rule that turns
-our runs into a verdict, and the evidence the rule saw. Verdicts:
+The four claims are worded as a third-party summary page of the survey words them; they were not checked
+against the survey's own text, so they are "claims attributed to the survey", never quotations of it.
+Each Finding holds the claim, a rule that turns our runs into a verdict, and the evidence the rule saw.
+Verdicts:
 
 - "supported": the runs agree with the claim by the rule;
 - "not supported": the runs contradict it by the rule;
@@ -25,7 +27,7 @@ MODEL_SIZE_ORDER = ("tiny-bert", "tiny-llama", "minilm", "smollm2")  # smallest 
 
 @dataclass(frozen=True)
 class Finding:
-    claim: str     # the survey's finding, in our words
+    claim: str     # a claim attributed to the survey (from a third-party summary), in our words
     rule: str      # how the runs decide it
     verdict: str   # supported | not supported | not testable
     evidence: str  # what the rule saw
@@ -133,6 +135,6 @@ def _combine(verdicts: list[bool | None]) -> str:
 
 
 def check_all(cells: list[Cell], n_test: dict[str, int]) -> list[Finding]:
-    """Every finding, in the survey's order. `n_test`: test articles per model (for standard errors)."""
+    """Every claim attributed to the survey, in the summary's order. `n_test`: test articles per model (for standard errors)."""
     return [match_full_fine_tuning(cells, n_test), propetl_best(cells), qlora_least_memory(cells),
             savings_grow_with_size(cells)]

@@ -1,4 +1,5 @@
-"""The Assessment page's data: the committed benchmark results, their provenance and the survey's findings.
+"""The Assessment page's data: the committed benchmark results, their provenance and the claims attributed
+to the survey (from a third-party summary of it, not its text).
 
 Reads `benchmarks/results/bench-<profile>/` (results.jsonl from `peftkb bench`, runs.json with the
 commands that produced it) and returns plain values for the template plus the SVG plots, which the site
@@ -10,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from markupsafe import Markup
 
 from peftkb.bench import findings, report
 from peftkb.bench.runner import SURVEY_METHODS, read_results
@@ -34,6 +37,9 @@ class Assessment:
     head_params: dict[str, int]
     failed: list[dict[str, str]]
     plots: dict[str, str] = field(default_factory=dict)  # docs-relative path -> SVG text
+    # model -> the same SVGs as Markup, put inline in the page so that its CSS colours their text and lines
+    # (an <img> SVG cannot follow the dark scheme); names in them are escaped by bench.report
+    inline_plots: dict[str, list[Markup]] = field(default_factory=dict)
 
 
 def load(root: Path) -> Assessment | None:
@@ -54,10 +60,12 @@ def _assess(profile: str, folder: Path, root: Path, records: list[dict[str, Any]
         invocations = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         invocations = []
-    plots = {}
+    plots, inline = {}, {}
     for model in models:
-        plots[f"assets/bench/accuracy_vs_params_{model}.svg"] = report.accuracy_vs_params_svg(cells, model)
-        plots[f"assets/bench/memory_{model}.svg"] = report.memory_svg(cells, model)
+        acc, mem = report.accuracy_vs_params_svg(cells, model), report.memory_svg(cells, model)
+        plots[f"assets/bench/accuracy_vs_params_{model}.svg"] = acc
+        plots[f"assets/bench/memory_{model}.svg"] = mem
+        inline[model] = [Markup(acc), Markup(mem)]
     method_order = {m: i for i, m in enumerate(_survey_order(ok))}
     rows = sorted(report.table_rows(cells), key=lambda r: (models.index(r["model"]), method_order.get(r["method"], 99)))
     return Assessment(
@@ -66,7 +74,7 @@ def _assess(profile: str, folder: Path, root: Path, records: list[dict[str, Any]
         versions=ok[0].get("versions", {}) if ok else {}, machines=sorted({r.get("machine", "?") for r in records}),
         n_train=per_model("n_train"), n_test=per_model("n_test"), seq_len=per_model("seq_len"), head_params=per_model("head_params"),
         failed=[{"key": r["key"], "error": str(r.get("error", ""))} for r in records if r.get("status") != "ok"],
-        plots=plots)
+        plots=plots, inline_plots=inline)
 
 
 def _survey_order(records: list[dict[str, Any]]) -> list[str]:

@@ -200,3 +200,32 @@ def test_search_ranks_exact_names_and_aliases_first(page, site_url):
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/methods/lora\.html"))
     assert page.errors == []
+
+
+def _luminance(css: str) -> float:
+    """Relative luminance (WCAG) of a computed `rgb(...)`/`rgba(...)` colour."""
+    r, g, b = (int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_assessment_plots_are_readable_in_the_dark_scheme(site_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+        page = context.new_page()
+        page.goto(site_url + "assessment.html")
+        assert page.evaluate("document.body.getAttribute('data-md-color-scheme')") == "slate"
+        texts = page.locator(".pk-plot svg text")
+        assert texts.count() > 10
+        fills = set(texts.evaluate_all("ts => ts.map(t => getComputedStyle(t).fill)"))
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        page.screenshot(path=str(tmp_path / "assessment-dark.png"), full_page=True)
+        context.close()
+        browser.close()
+    light_bg = _luminance(background)
+    for fill in fills:  # WCAG contrast ratio of every plot text colour against the page
+        hi, lo = sorted((_luminance(fill), light_bg), reverse=True)
+        assert (hi + 0.05) / (lo + 0.05) >= 4.5, (fill, background)

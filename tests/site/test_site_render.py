@@ -319,3 +319,14 @@ def test_escaping_once_keeps_flags_and_code_readable(built_site):
     assert 'data-flags="supports_multi_task' in compare or ' supports_multi_task' in compare
     ln = (built_site / "methods" / "ln-tuning.html").read_text(encoding="utf-8")
     assert re.search(r"<code>[^<]*input&#95;layernorm", ln)  # one numeric reference: shown as input_layernorm
+
+
+def test_survey_claims_carry_their_source(rendered):
+    survey = (rendered.docs / "survey.md").read_text(encoding="utf-8")
+    assessment = (rendered.docs / "assessment.md").read_text(encoding="utf-8")
+    for text in (survey, assessment):
+        assert "third&#45;party summary" in text or "third-party summary" in text
+        assert "As stated by the survey" not in text
+    assert "once they exist" not in survey
+    assert "(assessment.md)" in survey  # the benchmark section links the results
+    assert "arxiv.org/abs/2312.12148" in survey and "Transactions on Pattern Analysis" in survey
