@@ -16,7 +16,9 @@ Which class is counted (`Architecture.head_class`):
     t5                       T5ForConditionalGeneration (lm_head tied to the shared embedding: see below)
     gpt2                     GPT2LMHeadModel
     llama, mistral, qwen2,   <Family>ForCausalLM; lm_head counted when tie_word_embeddings is false
-    gemma2, falcon
+    qwen3, gemma2,           (Gemma 3 text-only checkpoints, model_type gemma3_text: Gemma3ForCausalLM;
+    gemma3_text, phi3,        the multimodal gemma3 configs with a vision tower are not supported)
+    olmo2, falcon
 
 Choices that a reader of a breakdown should know:
 
@@ -24,6 +26,12 @@ Choices that a reader of a breakdown should know:
   `self_attention.query_key_value` (d_model -> (n_heads + 2*n_kv_heads)*d_head) hold q, k and v in one
   module, as peft sees them: targeting any of q/k/v selects the whole fused module once, with its full
   d_out. This is what `LoraConfig(target_modules=["c_attn"])` trains.
+- **Phi-3** fuses q/k/v into `self_attn.qkv_proj` (d_model -> (n_heads + 2*n_kv_heads)*d_head, roles q/k/v)
+  and gate/up into `mlp.gate_up_proj` (d_model -> 2*d_ff, roles gate/up), selected once like GPT-2's c_attn.
+- **Per-family details** the table follows: Qwen2 has q/k/v biases and no o bias; Qwen3 and Gemma 3 add
+  per-head RMSNorms `q_norm`/`k_norm` (d_head) and OLMo-2 full-width ones (n_heads*d_head, n_kv_heads*d_head);
+  Gemma 2/3 have four norms per block, OLMo-2 two after the sublayers and none before; head_dim defaults to
+  the config class's (Gemma 256, Qwen3 128), not d_model / n_heads.
 - **T5 cross-attention.** The decoder's `EncDecAttention.{q,k,v,o}` keep the roles q/k/v/o and are flagged
   `cross=True`; a role target selects them too, as peft's name matching (`target_modules=["q", "v"]`) does.
 - **n_layers** is the number of Transformer blocks: num_hidden_layers, or for T5 encoder blocks + decoder
@@ -57,9 +65,15 @@ FAMILIES: dict[str, str] = {
     "bert": "BertModel", "roberta": "RobertaModel", "t5": "T5ForConditionalGeneration",
     "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM", "gemma2": "Gemma2ForCausalLM", "falcon": "FalconForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
 }
 _ARCH_PREFIX = {"Bert": "bert", "Roberta": "roberta", "T5": "t5", "GPT2": "gpt2", "Llama": "llama",
-                "Mistral": "mistral", "Qwen2": "qwen2", "Gemma2": "gemma2", "Falcon": "falcon"}
+                "Mistral": "mistral", "Qwen2": "qwen2", "Gemma2": "gemma2", "Falcon": "falcon", "Qwen3": "qwen3",
+                "Gemma3": "gemma3_text", "Phi3": "phi3", "Olmo2": "olmo2"}
+#: decoder families built by `_llama`: pre-norm (OLMo-2: post-norm) blocks, gated FFN, RMSNorm, rotary positions
+_HEAD_DIM_DEFAULT = {"gemma2": 256, "gemma3_text": 256, "qwen3": 128}  # the config class's head_dim default
+_TIED_DEFAULT = ("gemma2", "gemma3_text")
 
 
 @dataclass(frozen=True)
@@ -255,7 +269,7 @@ def architecture_from_config(cfg: dict[str, Any], name: str = "config", source: 
 
 # -- families ---------------------------------------------------------------------------------------
 def _llama(c: _Config, family: str) -> dict[str, Any]:
-    """llama, mistral, qwen2, gemma2: pre-norm decoder, gated FFN (gate/up/down), RMSNorm, rotary positions."""
+    """llama, mistral, qwen2/3, gemma2/3, phi3, olmo2: decoder, gated FFN (gate/up/down), RMSNorm, rotary."""
     d = c.int("hidden_size")
     heads = c.int("num_attention_heads")
     kv = c.int("num_key_value_heads", default=heads)
@@ -264,15 +278,18 @@ def _llama(c: _Config, family: str) -> dict[str, Any]:
     vocab = c.int("vocab_size")
     if heads % kv:
         raise UsageError(f"{c.where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-    if family == "gemma2":
-        d_head = c.int("head_dim", default=256)  # Gemma2Config's default, not hidden_size // heads
+    if family in _HEAD_DIM_DEFAULT:
+        d_head = c.int("head_dim", default=_HEAD_DIM_DEFAULT[family])  # not hidden_size // heads
     else:
         if c.get("head_dim") is None and d % heads:
             raise UsageError(f"{c.where}: hidden_size {d} is not a multiple of num_attention_heads {heads} "
                              "(and no head_dim is given)")
         d_head = c.int("head_dim", default=d // heads)
-    tied = c.flag("tie_word_embeddings", default=family == "gemma2")
-    attn_bias = c.flag("attention_bias", default=False) if family in ("llama", "gemma2") else False
+    if family == "phi3" and d_head * heads != d:  # Phi3Attention takes head_dim = hidden_size // heads
+        raise UsageError(f"{c.where}: Phi-3 needs hidden_size {d} = num_attention_heads {heads} x head_dim")
+    tied = c.flag("tie_word_embeddings", default=family in _TIED_DEFAULT)
+    has_attention_bias = family in ("llama", "gemma2", "gemma3_text", "qwen3", "olmo2")
+    attn_bias = c.flag("attention_bias", default=False) if has_attention_bias else False
     qkv_bias = True if family == "qwen2" else attn_bias  # Qwen2 always has q/k/v biases, never an o bias
     mlp_bias = c.flag("mlp_bias", default=False) if family == "llama" else False
 
@@ -280,26 +297,46 @@ def _llama(c: _Config, family: str) -> dict[str, Any]:
     b.param("model.embed_tokens.weight", vocab * d)
     for i in range(layers):
         p = f"model.layers.{i}"
-        for proj, role, d_in, d_out, bias in (("q_proj", "q", d, heads * d_head, qkv_bias),
-                                              ("k_proj", "k", d, kv * d_head, qkv_bias),
-                                              ("v_proj", "v", d, kv * d_head, qkv_bias),
-                                              ("o_proj", "o", heads * d_head, d, attn_bias)):
-            b.linear(f"{p}.self_attn.{proj}", f"self_attn.{proj}", (role,), d_in, d_out, bias, layer=i)
-        for proj, role, d_in, d_out in (("gate_proj", "gate", d, ff), ("up_proj", "up", d, ff),
-                                        ("down_proj", "down", ff, d)):
-            b.linear(f"{p}.mlp.{proj}", f"mlp.{proj}", (role,), d_in, d_out, mlp_bias, layer=i)
-        norms = ["input_layernorm", "post_attention_layernorm"]
-        if family == "gemma2":
+        if family == "phi3":  # transformers' Phi3 orders o_proj before the fused qkv_proj
+            b.linear(f"{p}.self_attn.o_proj", "self_attn.o_proj", ("o",), heads * d_head, d, False, layer=i)
+            b.linear(f"{p}.self_attn.qkv_proj", "self_attn.qkv_proj", ("q", "k", "v"), d,
+                     (heads + 2 * kv) * d_head, False, layer=i)
+        else:
+            for proj, role, d_in, d_out, bias in (("q_proj", "q", d, heads * d_head, qkv_bias),
+                                                  ("k_proj", "k", d, kv * d_head, qkv_bias),
+                                                  ("v_proj", "v", d, kv * d_head, qkv_bias),
+                                                  ("o_proj", "o", heads * d_head, d, attn_bias)):
+                b.linear(f"{p}.self_attn.{proj}", f"self_attn.{proj}", (role,), d_in, d_out, bias, layer=i)
+            if family in ("qwen3", "gemma3_text"):  # RMSNorm over each head of q and k
+                b.norm(f"{p}.self_attn.q_norm", d_head, bias=False)
+                b.norm(f"{p}.self_attn.k_norm", d_head, bias=False)
+            elif family == "olmo2":  # RMSNorm over all of q and all of k
+                b.norm(f"{p}.self_attn.q_norm", heads * d_head, bias=False)
+                b.norm(f"{p}.self_attn.k_norm", kv * d_head, bias=False)
+        if family == "phi3":
+            b.linear(f"{p}.mlp.gate_up_proj", "mlp.gate_up_proj", ("gate", "up"), d, 2 * ff, False, layer=i)
+            b.linear(f"{p}.mlp.down_proj", "mlp.down_proj", ("down",), ff, d, False, layer=i)
+        else:
+            for proj, role, d_in, d_out in (("gate_proj", "gate", d, ff), ("up_proj", "up", d, ff),
+                                            ("down_proj", "down", ff, d)):
+                b.linear(f"{p}.mlp.{proj}", f"mlp.{proj}", (role,), d_in, d_out, mlp_bias, layer=i)
+        if family == "olmo2":
+            norms = ["post_attention_layernorm", "post_feedforward_layernorm"]
+        else:
+            norms = ["input_layernorm", "post_attention_layernorm"]
+        if family in ("gemma2", "gemma3_text"):
             norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
         for norm in norms:
             b.norm(f"{p}.{norm}", d, bias=False)
     b.norm("model.norm", d, bias=False)
     b.linear("lm_head", "lm_head", (), d, vocab, False, counted=not tied)
-    act = c.get("hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if family == "gemma2" else "silu")
+    gemma = family in ("gemma2", "gemma3_text")
+    act = c.get("hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if gemma else "silu")
     return dict(n_layers=layers, d_model=d, d_ff=ff, n_heads=heads, d_head=d_head, n_kv_heads=kv,
                 vocab_size=vocab, tied_embeddings=tied, gated_ffn=True, params=tuple(b.params),
                 modules=tuple(b.modules), norm="rmsnorm", activation=str(act),
-                dropout=0.0, attention_dropout=c.prob("attention_dropout"))
+                dropout=c.prob("resid_pdrop") if family == "phi3" else 0.0,
+                attention_dropout=c.prob("attention_dropout"))
 
 
 def _bert(c: _Config, family: str) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def test_symbols_match_the_transformers_config(tiny_case, build):
     assert arch.n_heads == hf.num_attention_heads
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma2", "falcon-new-arch"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma2", "falcon-new-arch", "qwen3", "gemma3_text",
+                                    "phi3", "olmo2"])
 def test_kv_projection_size_is_n_kv_heads_times_d_head(tiny, family):
     arch = architecture_from_config(tiny[family])
     k = next(m for m in arch.modules if "k" in m.roles)
@@ -140,3 +141,50 @@ def test_preset_builds_to_the_same_parameter_count_on_the_meta_device(name, buil
     model = build(cfg, device="meta")
     assert arch.n_params == sum(p.numel() for p in model.parameters())
     assert arch.n_bias == sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+
+
+NEW_FAMILY_PRESETS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-14b-instruct", "qwen3-0.6b", "qwen3-8b", "gemma-2-2b",
+                      "mistral-7b-v0.3", "phi-3-mini-4k", "olmo-2-7b", "olmo-2-13b"]
+
+
+@pytest.mark.parametrize("name", NEW_FAMILY_PRESETS)
+def test_modern_presets_name_their_source_and_how_it_was_checked(name):
+    data = read_preset(name)
+    assert data["_source"] == f"https://huggingface.co/{data['_hf_id']}/blob/main/config.json"
+    assert data["_verified"].startswith("https://huggingface.co/")
+
+
+@pytest.mark.parametrize("name", [n for n in preset_names() if "_published_params" in read_preset(n)])
+def test_preset_total_matches_the_published_size(name):
+    """The model card's figures, to the precision they are printed with (non-embedding: without embed/lm_head)."""
+    pub = read_preset(name)["_published_params"]
+    arch = load_model(name)
+    assert abs(arch.n_params - pub["params"]) <= pub["precision"] / 2, (arch.n_params, pub)
+    if "non_embedding" in pub:
+        embeddings = arch.vocab_size * arch.d_model * (1 if arch.tied_embeddings else 2)
+        assert abs(arch.n_params - embeddings - pub["non_embedding"]) <= pub["non_embedding_precision"] / 2
+
+
+def test_every_modern_family_has_a_preset_or_says_why_not():
+    families = {read_preset(n)["model_type"] for n in preset_names()}
+    assert {"qwen2", "qwen3", "gemma2", "mistral", "phi3", "olmo2"} <= families
+
+
+@pytest.mark.parametrize("family, fused", [("phi3", {"self_attn.qkv_proj": ("q", "k", "v"),
+                                                     "mlp.gate_up_proj": ("gate", "up")})])
+def test_phi3_fused_projections_count_once_with_their_full_width(tiny, family, fused):
+    arch = architecture_from_config(tiny[family])
+    for kind, roles in fused.items():
+        ms = [m for m in arch.modules if m.kind == kind]
+        assert len(ms) == arch.n_layers and all(m.roles == roles for m in ms)
+    qkv = next(m for m in arch.modules if m.kind == "self_attn.qkv_proj")
+    assert qkv.d_out == (arch.n_heads + 2 * arch.n_kv_heads) * arch.d_head
+    assert next(m for m in arch.modules if m.kind == "mlp.gate_up_proj").d_out == 2 * arch.d_ff
+
+
+def test_head_dim_defaults_follow_the_config_classes():
+    """Qwen3 and Gemma 3 take head_dim from their config class (128, 256), never d_model / n_heads."""
+    base = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2, vocab_size=100)
+    assert architecture_from_config(dict(model_type="qwen3", **base)).d_head == 128
+    assert architecture_from_config(dict(model_type="gemma3_text", **base)).d_head == 256
+    assert architecture_from_config(dict(model_type="mistral", **base)).d_head == 32
