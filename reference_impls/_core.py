@@ -6,7 +6,10 @@ Targeting. A target is a module-name pattern matched as a suffix on dot-separate
 with `*` matching one component: "q_proj" matches "model.layers.0.self_attn.q_proj" but not
 "model.layers.0.self_attn.xq_proj"; BERT's "layer.*.output.dense" matches the FFN output projection
 but not "layer.0.attention.output.dense". A target may also be an abstract role (q, k, v, o, gate, up,
-down), resolved through `ROLE_PATTERNS` for the model's architecture family.
+down), resolved through `ROLE_PATTERNS` for the model's architecture family (bert, t5, llama, gpt2, phi3:
+`FAMILIES` maps model types to them; a decoder of an unlisted type is recognised by its module names).
+On a fused projection (GPT-2's c_attn; Phi-3's qkv_proj and gate_up_proj) a role names its part of the
+output, `Target.out_features`.
 
 Deviation to know about: on T5 the roles q, k, v, o name the *self*-attention projections only, so that
 every block has one attention and the catalog's per-layer formulas hold; name "EncDecAttention.k" etc.
@@ -27,9 +30,15 @@ from transformers.pytorch_utils import Conv1D
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
-#: model_type (from the HF config) -> architecture family
-FAMILIES = {"bert": "bert", "roberta": "bert", "t5": "t5", "mt5": "t5",
-            "llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2"}
+#: model_type (from the HF config) -> architecture family. A decoder of another model_type whose blocks
+#: use one family's module names is recognised from them (`family` with a model); this table is the fast
+#: path, and the only one for a bare config.
+FAMILIES = {"bert": "bert", "roberta": "bert", "t5": "t5", "mt5": "t5", "gpt2": "gpt2",
+            # LLaMA-style: self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj in every block (Qwen2 adds
+            # q/k/v biases; Qwen3, Gemma 3 and OLMo-2 add q/k norms; Gemma 2/3 extra norms and soft-capping)
+            "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
+            "gemma2": "llama", "gemma3_text": "llama", "olmo2": "llama",
+            "phi3": "phi3"}
 
 #: family -> role -> name patterns (alternatives); a role a family lacks (BERT has no gate) is absent.
 ROLE_PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -45,18 +54,44 @@ ROLE_PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
     # GPT-2 computes q, k and v with one fused Conv1D (d_out = 3 * d_model), in that order
     "gpt2": {"q": ("attn.c_attn",), "k": ("attn.c_attn",), "v": ("attn.c_attn",), "o": ("attn.c_proj",),
              "up": ("mlp.c_fc",), "down": ("mlp.c_proj",)},
+    # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj
+    "phi3": {"q": ("self_attn.qkv_proj",), "k": ("self_attn.qkv_proj",), "v": ("self_attn.qkv_proj",),
+             "o": ("self_attn.o_proj",), "gate": ("mlp.gate_up_proj",), "up": ("mlp.gate_up_proj",),
+             "down": ("mlp.down_proj",)},
 }
-FUSED_QKV = {"gpt2": "attn.c_attn"}  # families whose q, k, v share one module
+#: family -> fused module pattern -> its roles in output order, each with the arch_symbols product that
+#: gives its width: GPT-2's c_attn is (q | k | v), d_model each; Phi-3's qkv_proj is
+#: (q: n_heads*d_head | k: n_kv_heads*d_head | v: n_kv_heads*d_head), its gate_up_proj (gate: d_ff | up: d_ff)
+FUSED: dict[str, dict[str, tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "gpt2": {"attn.c_attn": (("q", ("d_model",)), ("k", ("d_model",)), ("v", ("d_model",)))},
+    "phi3": {"self_attn.qkv_proj": (("q", ("n_heads", "d_head")), ("k", ("n_kv_heads", "d_head")),
+                                    ("v", ("n_kv_heads", "d_head"))),
+             "mlp.gate_up_proj": (("gate", ("d_ff",)), ("up", ("d_ff",)))},
+}
 
 
 # -- architecture --------------------------------------------------------------------------------
 def family(model_or_config: Any) -> str:
+    """The architecture family: from the config's model_type, else (given a model) from its module names."""
     config = getattr(model_or_config, "config", model_or_config)
-    try:
-        return FAMILIES[config.model_type]
-    except KeyError:
-        raise ValueError(f"no role table for model_type '{config.model_type}'; "
-                         f"supported: {', '.join(sorted(FAMILIES))}") from None
+    fam = FAMILIES.get(config.model_type)
+    if fam is None and isinstance(model_or_config, nn.Module):
+        fam = _family_from_names(model_or_config)
+    if fam is None:
+        raise ValueError(f"no role table for model_type '{config.model_type}' and its module names match none; "
+                         f"supported: {', '.join(sorted(FAMILIES))}")
+    return fam
+
+
+def _family_from_names(model: nn.Module) -> str | None:
+    """The decoder family (llama, phi3) whose q, o and down patterns all name modules of `model`, if one does;
+    the encoder families are left to the table, whose names are too generic to guess from."""
+    names = [name for name, _ in model.named_modules()]
+    for fam in ("llama", "phi3"):
+        roles = ROLE_PATTERNS[fam]
+        if all(any(matches(n, p) for n in names for p in roles[r]) for r in ("q", "o", "down")):
+            return fam
+    return None
 
 
 def arch_symbols(config: Any) -> dict[str, int]:
@@ -71,7 +106,7 @@ def arch_symbols(config: Any) -> dict[str, int]:
         n_layers, d_model, n_heads = config.n_layer, config.n_embd, config.n_head
         d_ff = config.n_inner or 4 * d_model
         d_head, n_kv_heads = d_model // n_heads, n_heads
-    else:  # bert, llama
+    else:  # bert, llama, phi3
         n_layers, d_model, d_ff = config.num_hidden_layers, config.hidden_size, config.intermediate_size
         n_heads = config.num_attention_heads
         d_head = getattr(config, "head_dim", None) or d_model // n_heads
@@ -135,14 +170,28 @@ def find_targets(model: nn.Module, targets: Iterable[str]) -> list[Target]:
         if not roles:
             continue
         out = slice(0, linear_dims(module)[1])
-        if fam in FUSED_QKV and matches(name, FUSED_QKV[fam]) and "" not in roles:
-            d = out.stop // 3  # fused (q | k | v): keep the covering range of the roles asked for
-            idx = sorted("qkv".index(r) for r in roles)
-            out = slice(idx[0] * d, (idx[-1] + 1) * d)
+        if "" not in roles:
+            out = _fused_slice(model, fam, name, roles) or out
         found.append(Target(name, module, roles, out))
     if not found:
         raise ValueError(f"no module of this {fam} model matches {list(targets)}")
     return found
+
+
+def _fused_slice(model: nn.Module, fam: str, name: str, roles: tuple[str, ...]) -> slice | None:
+    """For a fused module (GPT-2's c_attn, Phi-3's qkv_proj and gate_up_proj): the covering range of the
+    output features that belong to `roles`; None for an ordinary module."""
+    for pattern, parts in FUSED.get(fam, {}).items():
+        if matches(name, pattern):
+            s = arch_symbols(model.config)
+            bounds, start = {}, 0
+            for role, width in parts:  # (role, symbols whose product is its width), in output order
+                stop = start + math.prod(s[w] for w in width)
+                bounds[role] = (start, stop)
+                start = stop
+            picked = [bounds[r] for r in roles]
+            return slice(min(b[0] for b in picked), max(b[1] for b in picked))
+    return None
 
 
 def target_dims(model: nn.Module, targets: Iterable[str]) -> list[tuple[int, int]]:
