@@ -81,6 +81,19 @@ def md_text(value: Any) -> Markup:
     return Markup("".join(f"&#{ord(c)};" if c in _MD_SPECIAL else c for c in text))
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def prose(value: Any) -> Markup:
+    """Catalog prose (summaries, notes, meanings): like md_text, but `code` spans, the one piece of markdown
+    the catalog's authors write, are shown as code instead of as literal backticks."""
+    if hasattr(value, "__html__"):
+        return Markup(value)
+    parts = _CODE_SPAN.split(" ".join(str(value).split()))
+    return Markup("").join(Markup(f"<code>{md_text(part)}</code>") if i % 2 else Markup(_md_sep(part))
+                           for i, part in enumerate(parts))
+
+
 def _md_sep(sep: str) -> str:
     """A separator for join: escaped like md_text but with its spaces kept."""
     return "".join(f"&#{ord(c)};" if c in _MD_SPECIAL else c for c in sep)
@@ -313,13 +326,43 @@ def adapters_snippet(m: Method) -> str | None:
     return "\n".join(lines)
 
 
+def _brace_group(tex: str, start: int) -> int:
+    """Index just past the {...} group opening at tex[start]."""
+    depth = 0
+    for i in range(start, len(tex)):
+        if tex[i] == "{":
+            depth += 1
+        elif tex[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError("unbalanced braces")
+
+
+def formula_latex(source: str) -> str:
+    """LaTeX of a catalog formula, with `x // 1` (round down to a whole count) shown as ⌊x⌋, not ⌊x/1⌋."""
+    tex = Formula.parse(source).latex()
+    head = r"\left\lfloor \frac{"
+    out, at = [], 0
+    while (i := tex.find(head, at)) >= 0:
+        num_end = _brace_group(tex, i + len(head) - 1)
+        tail = "{1} \\right\\rfloor"
+        if tex.startswith(tail, num_end):
+            out.append(tex[at:i] + r"\left\lfloor " + tex[i + len(head):num_end - 1] + r" \right\rfloor")
+            at = num_end + len(tail)
+        else:
+            out.append(tex[at:i + len(head)])
+            at = i + len(head)
+    return "".join(out) + tex[at:]
+
+
 def _needs_parens(source: str) -> bool:
     tree = Formula.parse(source).tree
     return (isinstance(tree, ast.BinOp) and isinstance(tree.op, (ast.Add, ast.Sub))) or isinstance(tree, ast.UnaryOp)
 
 
 def _wrap(source: str) -> str:
-    tex = Formula.parse(source).latex()
+    tex = formula_latex(source)
     return rf"\left({tex}\right)" if _needs_parens(source) else tex
 
 
@@ -332,8 +375,56 @@ def count_latex(tp: TrainableParams) -> str:
     if tp.per_layer:
         parts.append(rf"L \cdot {_wrap(tp.per_layer)}")
     if tp.total:
-        parts.append(Formula.parse(tp.total).latex())
+        parts.append(formula_latex(tp.total))
     return " + ".join(parts)
+
+
+DISPLAY_WIDTH = 110  # characters of LaTeX source above which a displayed count is broken into lines
+
+
+def _top_terms(source: str) -> list[str]:
+    """The formula's top-level terms as sources, each with its sign: "a - b + c" -> ["a", "- b", "+ c"]."""
+    tree = Formula.parse(source).tree
+    terms: list[str] = []
+
+    def walk(node: ast.expr, sign: str) -> None:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            walk(node.left, sign)
+            right_sign = "+" if isinstance(node.op, ast.Add) else "-"
+            if isinstance(node.right, ast.BinOp) and isinstance(node.right.op, (ast.Add, ast.Sub)):
+                terms.append(f"{right_sign} ({ast.unparse(node.right)})")
+            else:
+                terms.append(f"{right_sign} {ast.unparse(node.right)}")
+        else:
+            terms.append(ast.unparse(node))
+
+    walk(tree, "+")
+    return terms
+
+
+def display_count_latex(tp: TrainableParams) -> str:
+    """`N = ...` for a method page: one line, or an aligned block with one top-level term per line when the
+    formula is too wide for the column (X-LoRA's total, for one)."""
+    flat = count_latex(tp)
+    if len(flat) <= DISPLAY_WIDTH or tp.per_target or tp.per_layer or not tp.total:
+        return "N = " + flat
+    lines = []
+    for term in _top_terms(tp.total):
+        sign, body = (term[0], term[2:]) if term[:2] in ("+ ", "- ") else ("", term)
+        lead = f"{sign} " if sign else ""
+        tex = formula_latex(body)
+        node = Formula.parse(body).tree
+        if (len(tex) > DISPLAY_WIDTH * 0.7 and isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+                and isinstance(node.right, ast.BinOp) and isinstance(node.right.op, (ast.Add, ast.Sub))):
+            # a * (b + c + d): the factor, then one term of the bracket per line
+            inner = [formula_latex(t) if t[:2] not in ("+ ", "- ") else f"{t[0]} {formula_latex(t[2:])}"
+                     for t in _top_terms(ast.unparse(node.right))]
+            lines.append(lead + _wrap(ast.unparse(node.left)) + r" \cdot \Big(" + inner[0])
+            lines += [r"\quad " + t for t in inner[1:-1]]
+            lines.append(r"\quad " + inner[-1] + r" \Big)")
+        else:
+            lines.append(lead + tex)
+    return r"\begin{aligned} N = {} & " + r" \\ & ".join(lines) + r" \end{aligned}"
 
 
 def symbol_rows(m: Method) -> list[dict[str, Any]]:
@@ -408,11 +499,31 @@ def search_key_table(catalog: Catalog) -> str:
     return "window.peftkbSearchKeys = " + json.dumps(table, sort_keys=True) + ";\n"
 
 
+_ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "etc.", "vs.", "cf.", "approx.", "fig.", "eq.", "sec.", "no.")
+
+
 def first_sentence(text: str, limit: int = 180) -> str:
+    """The first sentence: it ends at . ! or ? followed by a space or the end, outside parentheses and not
+    after an abbreviation ("e.g.", "et al."); cut at a word boundary (with "…") only when over `limit`."""
     text = " ".join(text.split())
-    match = re.match(r"(.+?[.!?])(\s|$)", text)
-    out = match.group(1) if match else text
-    return out if len(out) <= limit else out[: limit - 1].rsplit(" ", 1)[0] + "…"
+    depth = 0
+    end = len(text)
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch in ".!?" and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            head = text[: i + 1].lower()
+            if ch == "." and any(head.endswith(" " + a) or head == a or head.endswith("(" + a) for a in _ABBREVIATIONS):
+                continue
+            end = i + 1
+            break
+    out = text[:end]
+    if len(out) <= limit:
+        return out
+    cut = out[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:(")
+    return cut + "…"
 
 
 # -- the model handed to the templates --------------------------------------------------------------
@@ -451,6 +562,10 @@ class SiteModel:
         return sorted((m for m in self.catalog.methods
                        if m.category == category_id or m.category.startswith(category_id + "/")),
                       key=lambda m: (m.year, m.name.casefold()))
+
+    def direct_methods(self, category_id: str) -> list[Method]:
+        """Methods filed in this category itself, not in one of its subcategories."""
+        return [m for m in self.subtree_methods(category_id) if m.category == category_id]
 
     def colour(self, category_id: str) -> str:
         slug = category_id.split("/")[0]
@@ -536,10 +651,10 @@ def make_environment(templates_dir: Path) -> Environment:
         return Markup(f"[{text}]({md_url(ctx, category_page(c.id))})")
 
     env.globals.update(md_url=md_url, html_url=html_url, mlink=mlink, clink=clink, ext_link=ext_link, fence=fence,
-                       math_md=math_md, math_html=math_html, count_latex=count_latex, symbol_rows=symbol_rows,
+                       math_md=math_md, math_html=math_html, count_latex=count_latex, display_count_latex=display_count_latex, symbol_rows=symbol_rows,
                        peft_snippet=peft_snippet, adapters_snippet=adapters_snippet, to_bibtex=to_bibtex,
                        cite_key=cite_key, first_sentence=first_sentence, mermaid_label=mermaid_label,
-                       latex=lambda s: Formula.parse(s).latex(), ROLE_NAMES=ROLE_NAMES,
+                       latex=formula_latex, ROLE_NAMES=ROLE_NAMES,
                        INSERTION_NAMES=INSERTION_NAMES, OVERHEAD_NAMES=OVERHEAD_NAMES, FLAG_NAMES=FLAG_NAMES,
                        RELATION_NAMES=RELATION_NAMES, INVERSE_RELATION_NAMES=INVERSE_RELATION_NAMES,
                        CONFIDENCE_TEXT=CONFIDENCE_TEXT, CROSSWALK_SCHEMES=CROSSWALK_SCHEMES,
@@ -549,6 +664,7 @@ def make_environment(templates_dir: Path) -> Environment:
     env.globals["search_front_matter"] = lambda m, width: Markup(
         "\n".join(f"{k}: {json.dumps(v)}" for k, v in search_front_matter(m, width).items()))
     env.filters["md"] = md_text
+    env.filters["prose"] = prose
     # jinja's own join returns HTML-escaped Markup that would skip the markdown escaping: replace it
     env.filters["join"] = lambda items, sep="": Markup(_md_sep(sep)).join(
         v if hasattr(v, "__html__") else md_text(v) for v in items)
@@ -642,26 +758,39 @@ def _template_line(exc: BaseException, template: str) -> str:
 
 
 def taxonomy_mermaid(model: SiteModel) -> str:
-    """The survey's category tree as a left-to-right mermaid flowchart, coloured by top-level category."""
+    """The survey's category tree as a left-to-right mermaid flowchart, coloured by top-level category.
+
+    Two levels of boxes: a subcategory's own subcategories are lines inside its box (a third column of
+    boxes made mermaid route edges through other boxes). Methods filed directly under a category get a
+    dashed box of their own, so every box's count is the sum of its children's.
+    """
     def node_id(cid: str) -> str:
         return "c_" + re.sub(r"[^a-z0-9]", "_", cid)
 
+    def label(c: Category) -> str:
+        return mermaid_label(f"{c.name} · {len(model.subtree_methods(c.id))}")
+
     lines = ["graph LR", '  root(["PEFT methods"])']
     styles: list[str] = []
-    for c in model.catalog.categories:
-        if not model.top(c.id).survey:
+    for top in model.roots:
+        if not top.survey:
             continue
-        n = len(model.subtree_methods(c.id))
-        label = mermaid_label(f"{c.name} · {n}")
-        shape = f'(["{label}"])' if c.parent is None else f'["{label}"]'
-        lines.append(f"  {node_id(c.id)}{shape}")
-        lines.append(f"  {node_id(c.parent) if c.parent else 'root'} --> {node_id(c.id)}")
-        colour = model.colour(c.id)
+        colour = model.colour(top.id)
+        lines.append(f'  {node_id(top.id)}(["{label(top)}"])')
+        lines.append(f"  root --> {node_id(top.id)}")
         # translucent fills: the label colour comes from the light or dark theme, so both stay readable
-        if c.parent is None:
-            styles.append(f"  style {node_id(c.id)} fill:{colour}40,stroke:{colour},stroke-width:3px")
-        else:
+        styles.append(f"  style {node_id(top.id)} fill:{colour}40,stroke:{colour},stroke-width:3px")
+        for c in model.children.get(top.id, []):
+            inner = "".join(f"<br/><small>{label(g)}</small>" for g in model.children.get(c.id, []))
+            lines.append(f'  {node_id(c.id)}["{label(c)}{inner}"]')
+            lines.append(f"  {node_id(top.id)} --> {node_id(c.id)}")
             styles.append(f"  style {node_id(c.id)} fill:{colour}14,stroke:{colour},stroke-width:1.5px")
+        direct = model.direct_methods(top.id)
+        if direct and model.children.get(top.id):
+            nid = node_id(top.id) + "_direct"
+            lines.append(f'  {nid}["{mermaid_label(f"filed directly · {len(direct)}")}"]')
+            lines.append(f"  {node_id(top.id)} -.-> {nid}")
+            styles.append(f"  style {nid} fill:none,stroke:{colour},stroke-width:1px,stroke-dasharray:4 3")
     return "\n".join(lines + styles)
 
 

@@ -330,3 +330,56 @@ def test_survey_claims_carry_their_source(rendered):
     assert "once they exist" not in survey
     assert "(assessment.md)" in survey  # the benchmark section links the results
     assert "arxiv.org/abs/2312.12148" in survey and "Transactions on Pattern Analysis" in survey
+
+
+def test_floor_of_one_is_shown_as_a_plain_floor():
+    from peftkb.site.render import formula_latex
+
+    tex = formula_latex("n_params * density // 1")
+    assert r"\frac" not in tex and tex.endswith(r"\right\rfloor")
+    assert formula_latex("(a + b) // 2") == r"\left\lfloor \frac{a + b}{2} \right\rfloor"  # a real division stays
+    assert formula_latex("x // 1 + y // 1").count(r"\lfloor") == 2
+
+
+def test_first_sentence_does_not_stop_at_abbreviations_or_inside_brackets():
+    from peftkb.site.render import first_sentence
+
+    assert first_sentence("Trains biases (e.g. of q and v) only. Then more.") == "Trains biases (e.g. of q and v) only."
+    assert first_sentence("Follows Hu et al. in spirit. Second.") == "Follows Hu et al. in spirit."
+    assert first_sentence("Uses a mask (see Fig. 2. for details) too. Next.") == "Uses a mask (see Fig. 2. for details) too."
+    assert first_sentence("One. Two.") == "One."
+    long = "word " * 60
+    assert first_sentence(long).endswith("…") and len(first_sentence(long)) <= 180
+
+
+def test_prose_shows_code_spans_as_code_and_escapes_the_rest():
+    from peftkb.site.render import prose
+
+    out = str(prose("Use `seq_bn` <b>not</b> `x*`"))
+    assert out.startswith("Use <code>seq&#95;bn</code> &#60;b&#62;not&#60;/b&#62; <code>x&#42;</code>")
+    assert "`" not in out
+
+
+def test_catalog_notes_show_no_raw_backticks(built_site):
+    for mid in ("adapterfusion", "adaptersoup", "dora", "loha", "pfeiffer-adapter"):
+        text = (built_site / "methods" / f"{mid}.html").read_text(encoding="utf-8")
+        assert "&#96;" not in text and "`" not in re.sub(r"<(pre|code)[^>]*>.*?</\1>", "", text, flags=re.S), mid
+
+
+def test_category_counts_add_up_on_the_taxonomy_page(rendered):
+    from peftkb.site.render import SiteModel
+
+    model = SiteModel(catalog=rendered.catalog, root=rendered.root)
+    text = (rendered.docs / "taxonomy" / "index.md").read_text(encoding="utf-8")
+    for c in rendered.catalog.categories:
+        kids = model.children.get(c.id, [])
+        if kids:  # subtree = direct + the subcategories' subtrees, and the direct ones are listed
+            direct = model.direct_methods(c.id)
+            assert len(model.subtree_methods(c.id)) == len(direct) + sum(len(model.subtree_methods(k.id)) for k in kids)
+            for m in direct:
+                assert f"(../methods/{m.id}.md)" in text, (c.id, m.id)
+
+
+def test_wide_counts_are_broken_into_lines(rendered):
+    text = (rendered.docs / "methods" / "xlora.md").read_text(encoding="utf-8")
+    assert r"\begin{aligned} N = {} &" in text and text.count(r"\\ &") >= 2
