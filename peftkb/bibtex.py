@@ -4,7 +4,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from peftkb.model import Paper
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # works on typed papers and on the index's records alike
+    from peftkb.model import Paper
 
 _CONFERENCE_WORDS = ("conference", "proceedings", "workshop", "findings", "iclr", "icml", "neurips", "nips",
                      "acl", "emnlp", "naacl", "eacl", "coling", "aaai", "ijcai", "cvpr", "iccv", "eccv", "kdd",

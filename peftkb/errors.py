@@ -1,7 +1,6 @@
 """Problems found in data or input, and the exit codes the CLI maps them to."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from collections.abc import Iterable
 
@@ -56,6 +55,8 @@ class UsageError(PeftkbError):
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return ` (did you mean 'x'?)` for the closest candidates, or an empty string."""
+    import difflib  # only when something was not found: keeps it out of every command's start-up
+
     pool = list(candidates)
     lowered = {c.lower(): c for c in pool}
     matches = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)

@@ -1,29 +1,28 @@
-"""The taxonomy tree and the method lineage, in one networkx DiGraph.
+"""The taxonomy tree and the method lineage, as plain adjacency maps.
 
-Nodes are `cat:<category id>` and `m:<method id>`. Edges:
-  cat:parent -> cat:child      kind="contains"
-  cat:leaf   -> m:method       kind="contains"    (the method's `category`)
-  m:method   -> m:target       kind=<relation>    (variant_of / extends / combines / generalizes)
+Nodes are category ids and method ids. Edges:
+  parent category -> child category      (the taxonomy tree)
+  method -> target method, with a kind   (variant_of / extends / combines / generalizes; related_to is
+                                          kept for `combiners_of`-style lookups but is not lineage)
 
 Relations are stored one way in the data ("dora variant_of lora"); the inverse questions ("what builds
 on LoRA?") are answered here by walking edges backwards, so two files can never disagree.
+
+The graph has a few hundred nodes, so breadth-first walks over dicts answer every query at once; the
+module imports neither networkx nor pydantic, which keeps `peftkb graph` as fast as `peftkb list`. It
+works on the typed catalog and on the fast index's records alike (attribute access only).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from peftkb.errors import NotFoundError, did_you_mean
-from peftkb.model import LINEAGE_KINDS, RELATION_KINDS, Catalog, Method
+from peftkb.query import LINEAGE_KINDS, relation_edges
 
-
-def cat(cid: str) -> str:
-    return f"cat:{cid}"
-
-
-def meth(mid: str) -> str:
-    return f"m:{mid}"
+if TYPE_CHECKING:
+    from peftkb.model import Catalog, Method
 
 
 @dataclass(frozen=True, order=True)
@@ -33,70 +32,82 @@ class Edge:
     kind: str
 
 
+def _reach(start: str, step: dict[str, set[str]]) -> set[str]:
+    """Every node reachable from `start` along `step` (start itself excluded unless on a cycle)."""
+    seen: set[str] = set()
+    frontier = list(step.get(start, ()))
+    while frontier:
+        node = frontier.pop()
+        if node not in seen:
+            seen.add(node)
+            frontier.extend(step.get(node, ()))
+    return seen
+
+
 class KnowledgeGraph:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: "Catalog | Any") -> None:
         self.catalog = catalog
         self.methods = {m.id: m for m in catalog.methods}
-        g = nx.DiGraph()
+        self.categories = {c.id for c in catalog.categories}
+        self._children: dict[str, set[str]] = {}
         for c in catalog.categories:
-            g.add_node(cat(c.id), type="category", name=c.name)
             if c.parent:
-                g.add_edge(cat(c.parent), cat(c.id), kind="contains")
+                self._children.setdefault(c.parent, set()).add(c.id)
+        # lineage: one kind per (source, target), the first lineage kind listed; related_to is not lineage
+        self._kinds: dict[tuple[str, str], str] = {}
+        self._combines: dict[str, set[str]] = {}
         for m in catalog.methods:
-            g.add_node(meth(m.id), type="method", name=m.name)
-            g.add_edge(cat(m.category), meth(m.id), kind="contains")
-        for m in catalog.methods:
-            for kind, target in m.relations.edges():
-                g.add_edge(meth(m.id), meth(target), kind=kind)
-        self.g = g
+            for kind, target in relation_edges(m):
+                if kind in LINEAGE_KINDS:
+                    self._kinds.setdefault((m.id, target), kind)
+                if kind == "combines":
+                    self._combines.setdefault(target, set()).add(m.id)
+        self._up: dict[str, set[str]] = {}  # method -> what it builds on
+        self._down: dict[str, set[str]] = {}  # method -> what builds on it
+        for source, target in self._kinds:
+            self._up.setdefault(source, set()).add(target)
+            self._down.setdefault(target, set()).add(source)
 
     # -- taxonomy ---------------------------------------------------------------------------------
     def category_subtree(self, category_id: str) -> list[str]:
         """Category ids in the subtree rooted at `category_id`, itself first."""
-        node = cat(category_id)
-        if node not in self.g:
-            raise NotFoundError(f"unknown category '{category_id}'" + did_you_mean(
-                category_id, [c.id for c in self.catalog.categories]))
-        return [category_id] + sorted(n[4:] for n in nx.descendants(self._tree(), node) if n.startswith("cat:"))
+        if category_id not in self.categories:
+            raise NotFoundError(f"unknown category '{category_id}'" + did_you_mean(category_id, self.categories))
+        return [category_id] + sorted(_reach(category_id, self._children) - {category_id})
 
-    def methods_in(self, category_id: str) -> list[Method]:
+    def methods_in(self, category_id: str) -> list["Method"]:
         cats = set(self.category_subtree(category_id))
         return [m for m in self.catalog.methods if m.category in cats]
 
-    def _tree(self) -> nx.DiGraph:
-        return nx.subgraph_view(self.g, filter_edge=lambda u, v: self.g.edges[u, v]["kind"] == "contains")
-
     # -- lineage ----------------------------------------------------------------------------------
-    def _lineage(self) -> nx.DiGraph:
-        return nx.subgraph_view(self.g, filter_node=lambda n: n.startswith("m:"),
-                                filter_edge=lambda u, v: self.g.edges[u, v]["kind"] in LINEAGE_KINDS)
-
     def _require(self, method_id: str) -> str:
         if method_id not in self.methods:
             raise NotFoundError(f"unknown method '{method_id}'" + did_you_mean(method_id, self.methods))
-        return meth(method_id)
+        return method_id
 
     def builds_on(self, method_id: str) -> list[str]:
         """Every method this one derives from, directly or transitively (its ancestors)."""
-        return sorted(n[2:] for n in nx.descendants(self._lineage(), self._require(method_id)))
+        node = self._require(method_id)
+        return sorted(_reach(node, self._up) - {node})
 
     def built_on(self, method_id: str) -> list[str]:
         """Every method that derives from this one, directly or transitively (its descendants)."""
-        return sorted(n[2:] for n in nx.ancestors(self._lineage(), self._require(method_id)))
+        node = self._require(method_id)
+        return sorted(_reach(node, self._down) - {node})
 
     def combiners_of(self, method_id: str) -> list[str]:
         """Methods that list this one under `combines` (hybrids using it)."""
-        node = self._require(method_id)
-        return sorted(u[2:] for u, _, k in self.g.in_edges(node, data="kind") if k == "combines")
+        return sorted(self._combines.get(self._require(method_id), ()))
 
     def neighbourhood(self, method_id: str) -> list[Edge]:
         """Every lineage edge among the method, its ancestors and its descendants."""
         node = self._require(method_id)
-        lineage = self._lineage()
-        keep = {node} | nx.descendants(lineage, node) | nx.ancestors(lineage, node)
-        # also direct neighbours through any relation (e.g. a hybrid combining an ancestor's sibling)
-        keep |= set(lineage.predecessors(node)) | set(lineage.successors(node))
-        return sorted(Edge(u[2:], v[2:], self.g.edges[u, v]["kind"]) for u, v in lineage.subgraph(keep).edges)
+        keep = {node} | _reach(node, self._up) | _reach(node, self._down)
+        return sorted(Edge(u, v, kind) for (u, v), kind in self._kinds.items() if u in keep and v in keep)
+
+    def edges(self) -> Iterable[Edge]:
+        """Every lineage edge of the catalog."""
+        return sorted(Edge(u, v, kind) for (u, v), kind in self._kinds.items())
 
 
 def to_mermaid(edges: list[Edge], names: dict[str, str], focus: str | None = None) -> str:

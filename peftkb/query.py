@@ -15,6 +15,38 @@ if TYPE_CHECKING:  # works on typed models and on the index's records alike; imp
     from peftkb.model import Catalog, Category, Method
 
 
+#: The relation kinds, in the order of the schema (peftkb.model holds the same tuples; a test keeps them equal).
+#: Kept here so that the read commands need not import pydantic.
+RELATION_KINDS = ("variant_of", "extends", "combines", "generalizes", "related_to")
+#: The relations that say "this method comes after its target" (related_to carries no chronology).
+LINEAGE_KINDS = ("variant_of", "extends", "combines", "generalizes")
+
+
+def relation_edges(m: Method) -> list[tuple[str, str]]:
+    """(relation kind, target id) pairs of a method, in a fixed order."""
+    relations = m.relations
+    return [(kind, target) for kind in RELATION_KINDS for target in (getattr(relations, kind, None) or [])]
+
+
+#: The other taxonomies of `peftkb crosswalk`: scheme -> how to cite it (the schema's CROSSWALK_SCHEMES labels).
+CROSSWALK_LABELS = {
+    "han2024": "Han et al. 2024, arXiv 2403.14608",
+    "lialin2023": "Lialin et al. 2023, arXiv 2303.15647",
+    "ding2023": "Ding et al. 2023, Nature Machine Intelligence, arXiv 2203.06904",
+    "peft_docs": "Hugging Face PEFT documentation",
+}
+
+
+def formulas(trainable_params) -> dict[str, str]:
+    """The trainable-parameter formulas by scope (per_target, per_layer, total), those that are given."""
+    return {scope: getattr(trainable_params, scope) for scope in ("per_target", "per_layer", "total")
+            if getattr(trainable_params, scope, None)}
+
+
+def depth(category: Category) -> int:
+    return category.id.count("/")
+
+
 def all_names(m: Method) -> list[str]:
     return [m.id, m.name, *m.aliases]
 

@@ -10,12 +10,14 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import click
 import typer
 import typer.main
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:  # typer carries its own copy of Click; importing the click package costs start-up time
+    import click
 
 from peftkb import __version__
 from peftkb.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CatalogError, PeftkbError
@@ -33,10 +35,18 @@ COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 @lru_cache(maxsize=None)
-def module_commands(module: str) -> dict[str, click.Command]:
-    """The Click commands that `peftkb.cli.<module>` registers (importing it)."""
+def module_commands(module: str, only: str | None = None) -> dict[str, click.Command]:
+    """The Click commands that `peftkb.cli.<module>` registers (importing it); with `only`, just that one.
+
+    Converting a command reads its parameters' annotations, so converting only the one that runs
+    saves the time of the others.
+    """
     sub = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
     importlib.import_module(f"peftkb.cli.{module}").register(sub)
+    if only is not None:
+        sub.registered_commands = [c for c in sub.registered_commands
+                                   if (c.name or typer.main.get_command_name(c.callback.__name__)) == only]
+        sub.registered_groups = [g for g in sub.registered_groups if g.name == only]
     return dict(typer.main.get_group(sub).commands)
 
 
@@ -49,7 +59,7 @@ class _LazyGroup(TyperGroup):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is None and cmd_name in COMMANDS:
-            command = module_commands(COMMANDS[cmd_name]).get(cmd_name)
+            command = module_commands(COMMANDS[cmd_name], cmd_name).get(cmd_name)
             if command is not None:
                 self.add_command(command, cmd_name)
         return command

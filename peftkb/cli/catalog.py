@@ -1,4 +1,7 @@
-"""Catalog commands: list, show, search, tree, stats, cite."""
+"""Catalog commands: list, show, search, tree, stats, cite.
+
+Every one reads the fast index (`peftkb.index`: plain records from the validated cache), never pydantic.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
@@ -6,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from peftkb import query
-from peftkb.cli.common import FORMAT_OPTION, catalog, complete_category_id, complete_method_id, index
+from peftkb.cli.common import FORMAT_OPTION, complete_category_id, complete_method_id, index
 from peftkb.cli.output import Format, emit, text
 from peftkb.errors import NotFoundError, UsageError, did_you_mean
 
@@ -137,9 +140,11 @@ def show(
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Show everything the knowledge base holds about one method."""
-    cat = catalog()
+    from peftkb.index import strip_none
+
+    cat = index()
     m = query.find_method(cat, method_id)
-    record = m.model_dump(mode="json", by_alias=True, exclude_none=True)
+    record = strip_none(m)  # what model_dump(exclude_none=True) gives, without pydantic
     if fmt in (Format.json, Format.yaml):
         emit([], fmt, data=record)
     elif fmt is Format.ids:
@@ -147,7 +152,7 @@ def show(
     elif fmt is Format.csv:
         emit([{"field": k, "value": v} for k, v in _flatten(record)], fmt, columns=["field", "value"])
     else:
-        text(render_card(m))
+        text(render_card(m, cat))
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -158,8 +163,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def render_card(m: "Method") -> str:
-    cat = catalog()
+def render_card(m: "Method", cat: Any) -> str:
     path = " > ".join(c.name for c in query.ancestors(cat, m.category))
     lines = [f"{m.name}" + (f" — {m.full_name}" if m.full_name and m.full_name != m.name else ""),
              f"  id: {m.id}" + (f"   aliases: {', '.join(m.aliases)}" if m.aliases else ""),
@@ -172,7 +176,7 @@ def render_card(m: "Method") -> str:
     if m.trainable_params:
         lines.append("  trainable parameters:")
         tp = m.trainable_params
-        for scope, source in tp.formulas().items():
+        for scope, source in query.formulas(tp).items():
             where = {"per_target": f"for each targeted module ({', '.join(tp.targets)})",
                      "per_layer": "per layer, times n_layers", "total": "once"}[scope]
             lines.append(f"    {source}    {where}")
@@ -191,7 +195,7 @@ def render_card(m: "Method") -> str:
                                            "supports_multi_task", "trains_base_weights") if getattr(p, k)]
     if flags:
         lines.append(f"    {'; '.join(flags)}")
-    edges = m.relations.edges()
+    edges = query.relation_edges(m)
     if edges:
         lines.append("  relations: " + "; ".join(f"{k.replace('_', ' ')} {t}" for k, t in edges))
     impl = m.implementations
@@ -221,7 +225,7 @@ def search(
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Search names, aliases, summaries, paper titles and authors; best match first."""
-    cat = catalog()
+    cat = index()
     hits = query.search(cat, words)[:limit]
     if not hits:
         raise NotFoundError(f"nothing matches '{words}'")
@@ -232,14 +236,14 @@ def search(
 
 def tree(fmt: Format = FORMAT_OPTION) -> None:
     """Show the survey's taxonomy with the number of methods in each category (its subtree included)."""
-    cat = catalog()
+    cat = index()
     counts = {c.id: len(query.methods_in(cat, c.id)) for c in cat.categories}
-    rows = [{"id": c.id, "name": c.name, "parent": c.parent, "depth": c.depth, "methods": counts[c.id]}
+    rows = [{"id": c.id, "name": c.name, "parent": c.parent, "depth": query.depth(c), "methods": counts[c.id]}
             for c in cat.categories]
     if fmt is Format.table:
         lines = []
         for c in cat.categories:
-            lines.append(f"{'  ' * c.depth}{c.name} [{c.id}] ({counts[c.id]})")
+            lines.append(f"{'  ' * query.depth(c)}{c.name} [{c.id}] ({counts[c.id]})")
         text("\n".join(lines))
     elif fmt in (Format.json, Format.yaml):
         def node(cid: str | None) -> list[dict[str, Any]]:
@@ -252,7 +256,7 @@ def tree(fmt: Format = FORMAT_OPTION) -> None:
 
 def stats(fmt: Format = FORMAT_OPTION) -> None:
     """Count methods per category, with implementations, survey placement and year span."""
-    cat = catalog()
+    cat = index()
     rows = []
     for c in cat.categories:
         ms = query.methods_in(cat, c.id)
@@ -281,7 +285,7 @@ def cite(
     """Print BibTeX for the papers of the given methods (or of a whole category)."""
     from peftkb.bibtex import cite_key, to_bibtex
 
-    cat = catalog()
+    cat = index()
     methods = [query.find_method(cat, key) for key in method_ids or []]
     if category:
         methods += query.methods_in(cat, query.find_category(cat, category).id)

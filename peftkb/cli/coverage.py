@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from peftkb.cli.common import FORMAT_OPTION, catalog, complete_method_id
+from peftkb.cli.common import FORMAT_OPTION, catalog, complete_method_id, index
 from peftkb.cli.output import Format, emit, text
 from peftkb.errors import EXIT_BAD_INPUT, UsageError
 
@@ -105,16 +105,15 @@ def crosswalk(
 ) -> None:
     """Show a method's class under Xu et al. and under the other taxonomies (Han, Lialin, Ding, peft docs)."""
     from peftkb import query
-    from peftkb.model import CROSSWALK_SCHEMES
 
-    cat = catalog()
+    cat = index()
     m = query.find_method(cat, method_id)
     rows = [{"scheme": "xu2023", "taxonomy": "Xu et al. 2023, arXiv 2312.12148 (this catalog)",
              "class": m.category, "source": "stated" if m.survey.leaf else "derived",
              "where": f"placement confidence: {m.survey.confidence}" if m.survey.leaf else "not placed by the survey"}]
-    for scheme, (label, _) in CROSSWALK_SCHEMES.items():
-        entry = getattr(m.crosswalk, scheme) if m.crosswalk else None
-        rows.append({"scheme": scheme, "taxonomy": label, "class": entry.class_ if entry else None,
+    for scheme, label in query.CROSSWALK_LABELS.items():
+        entry = m.crosswalk.get(scheme) if m.crosswalk else None
+        rows.append({"scheme": scheme, "taxonomy": label, "class": entry["class"] if entry else None,
                      "source": entry.source if entry else None, "where": entry.where if entry else None})
     emit(rows, fmt, columns=["scheme", "taxonomy", "class", "source", "where"], title=f"{m.name}: crosswalk")
 

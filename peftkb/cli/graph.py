@@ -7,7 +7,7 @@ from enum import Enum
 import typer
 
 from peftkb import query
-from peftkb.cli.common import catalog, complete_method_id
+from peftkb.cli.common import complete_method_id, index
 from peftkb.cli.output import text
 
 
@@ -25,7 +25,7 @@ def graph(
     """Show a method's lineage: the methods it builds on and the methods built on it."""
     from peftkb.graph import KnowledgeGraph, to_dot, to_mermaid
 
-    cat = catalog()
+    cat = index()
     m = query.find_method(cat, method_id)
     kg = KnowledgeGraph(cat)
     edges = kg.neighbourhood(m.id)

@@ -5,8 +5,6 @@ csv flattens lists with "; "; ids prints the first column, one per line.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from enum import Enum
@@ -50,6 +48,9 @@ def emit(rows: list[dict[str, Any]], fmt: Format, *, columns: list[str] | None =
         write("".join(f"{row[columns[0]]}\n" for row in rows))
         return
     if fmt is Format.csv:
+        import csv
+        import io
+
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
