@@ -93,6 +93,12 @@ def _root(
     if debug:
         os.environ["PEFTKB_DEBUG"] = "1"
     if root is not None:
+        from peftkb.cache import CATALOG_DIR, TAXONOMY_FILE
+        from peftkb.errors import UsageError
+
+        lacking = [str(part) for part in (TAXONOMY_FILE, CATALOG_DIR) if not (root / part).exists()]
+        if lacking:
+            raise UsageError(f"--root {root}: not a knowledge base (it has no {' and no '.join(lacking)})")
         os.environ["PEFTKB_ROOT"] = str(root.resolve())
 
 

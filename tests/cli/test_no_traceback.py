@@ -127,3 +127,21 @@ def test_a_bad_survey_file_is_one_line_and_exit_2(tmp_path, content, says):
 def test_a_survey_file_that_is_not_a_regular_file(special):
     err = no_traceback(run_cli("coverage", "--against", "survey", "--survey-file", special), 2)
     assert err.count("\n") == 1
+
+
+# -- the validator goes on past a file it cannot read as text -------------------------------------------
+def test_validate_reports_a_binary_file_and_the_other_files_problems(kb):
+    (kb.root / "catalog" / "lora.yaml").write_bytes(b"id: lora\nname: Lo\x00RA\n")
+    (kb.root / "catalog" / "bad-utf8.yaml").write_bytes(b"id: bad-utf8\nname: \xff\n")
+    kb.edit("ia3.yaml", "year: 2022", "year: 1700")
+    err = no_traceback(run_cli("validate", root=kb.root), 2)
+    assert "catalog/lora.yaml:2:9: character U+0000 is not allowed" in err
+    assert "catalog/bad-utf8.yaml:2:7: not valid UTF-8 (byte 0xff)" in err
+    assert "catalog/ia3.yaml:" in err and "1700" in err
+
+
+@pytest.mark.parametrize("root, says", [("/", "not a knowledge base"), ("", "does not exist"),
+                                        ("/no/such/folder", "does not exist")])
+def test_a_root_that_is_not_a_knowledge_base(root, says):
+    err = no_traceback(run_cli("--root", root, "list"), 2)
+    assert says in err
