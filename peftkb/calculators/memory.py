@@ -6,13 +6,22 @@ with a batch of B sequences of S tokens, in steady state (optimizer states alrea
 Symbols: B batch, S sequence length, d d_model, f d_ff, h n_heads, h_kv n_kv_heads, d_h d_head, V vocab_size,
 L number of blocks, p bytes per element of --dtype (fp32 4, bf16/fp16 2), r LoRA rank, P virtual tokens.
 
+Precision (--precision; with --dtype fp32 everything is fp32 and it does not apply)
+    pure-bf16   (the default; pure-fp16 alike with --dtype fp16) the model is cast to bf16 and trained without AMP, as peft's method-comparison
+                suite runs it (default_training_params.json: dtype bfloat16, use_amp false, autocast_adapter_dtype
+                true, huggingface/peft@41921013): base weights, their gradients and AdamW states in bf16 (t = p);
+                the adapter weights peft creates are upcast to fp32, and with them their gradients and states.
+    mixed       fp32 master weights, gradients and AdamW states for everything that trains (t = 4), bf16 compute
+                under autocast (HF Trainer with bf16=True); the frozen base stays in --dtype. Autocast's bf16 copy
+                of each trained weight is saved for backward: + trainable * p at the start of backward.
+
 Weights
     frozen      (n_params - trained base weights) * p; with --quantize nf4 the linear layers of the blocks take
                 0.5 byte per weight plus quantization constants: one 8-bit absmax per block of 64 weights and,
                 with double quantization, one fp32 constant per 256 such blocks (0.5 + 1/64 + 4/16384 bytes).
                 Embeddings, norms and lm_head stay in p bytes (bitsandbytes does not quantize them).
-    trainable   trainable * t, where t = p for methods that train base weights (full fine-tuning, BitFit,
-                Child-Tuning) and t = 4 for added adapter weights (peft keeps them in fp32 under bf16/fp16).
+    trainable   trainable * t, where t = 4 for added adapter weights (peft keeps them in fp32) and, for methods
+                that train base weights (full fine-tuning, BitFit, Child-Tuning), t = p under pure-bf16, 4 under mixed.
 Gradients       trainable * t.
 Optimizer       adamw: 2 states * t per trainable weight, plus a temporary during the step: the size of all
                 trainable weights on CUDA (torch's foreach AdamW), of the largest trainable tensor on CPU
@@ -72,8 +81,7 @@ own choices (flash vs memory-efficient attention), bitsandbytes NF4 and 8-bit op
 
 What is approximate: rounding of allocator blocks, small tensors (RoPE tables, masks, losses) and per-op
 working buffers, T5 target length (taken equal to S), per-block saved tensors of custom adapter code (modelled
-on peft / AdapterHub layouts), pure bf16 optimizer states for full fine-tuning (AMP with fp32 master weights
-would add 4 + 4 bytes per weight), and methods the profile does not recognise (counted as frozen-base methods
+on peft / AdapterHub layouts), activations under mixed precision (taken as in the compute dtype), and methods the profile does not recognise (counted as frozen-base methods
 with no extra terms; the estimate says so in its notes).
 """
 from __future__ import annotations
@@ -88,6 +96,9 @@ from peftkb.calculators.params import ParamCount, hyperparameter_values
 from peftkb.errors import UsageError
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+#: pure-bf16: the model cast to bf16, no AMP (peft's method-comparison suite); mixed: fp32 master weights, AMP
+PRECISIONS = ("pure-bf16", "pure-fp16", "mixed")
+DEFAULT_PRECISION = "pure-bf16"  # "pure-" + --dtype when not given (pure-fp16 with --dtype fp16)
 OPTIMIZERS = ("adamw", "sgd", "adamw-8bit")
 QUANTIZATIONS = ("nf4",)
 ATTENTIONS = ("sdpa", "eager")
@@ -128,6 +139,7 @@ class MemoryEstimate:
     trainable: int
     terms: list[Term]
     notes: list[str] = field(default_factory=list)
+    precision: str = "pure-bf16"
 
     def _sum(self, phase: str) -> int:
         return sum(t.bytes for t in self.terms if t.phase == phase)
@@ -148,7 +160,7 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "model": self.model, "batch": self.batch, "seq": self.seq,
-                "dtype": self.dtype, "optimizer": self.optimizer,
+                "dtype": self.dtype, "precision": self.precision, "optimizer": self.optimizer,
                 "gradient_checkpointing": self.gradient_checkpointing, "quantize": self.quantize,
                 "device": self.device, "attention": self.attention, "trainable": self.trainable,
                 "peak_bytes": self.peak, "peak_gib": round(self.peak / GiB, 4),
@@ -246,7 +258,8 @@ def _nf4_bytes_per_weight(block: int, double_quant: bool, dq_block: int) -> floa
 def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch: int, seq: int,
                     dtype: str = "bf16", optimizer: str = "adamw", gradient_checkpointing: bool = False,
                     quantize: str | None = None, device: str = "cuda", attention: str = "sdpa",
-                    padding_mask: bool = False, overrides: dict[str, Any] | None = None) -> MemoryEstimate:
+                    padding_mask: bool = False, overrides: dict[str, Any] | None = None,
+                    precision: str | None = None) -> MemoryEstimate:
     """Estimate peak training memory; `count` is the method's trainable count on `arch`."""
     if dtype not in DTYPE_BYTES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, not '{dtype}'")
@@ -258,6 +271,7 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not '{device}'")
     if attention not in ATTENTIONS:
         raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, not '{attention}'")
+    precision = resolve_precision(precision, dtype)
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"--batch must be an integer from 1 to {MAX_BATCH:,}, not {batch!r}")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
@@ -283,7 +297,10 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     p = DTYPE_BYTES[dtype]
     d, f, h, h_kv, dh, V = arch.d_model, arch.d_ff, arch.n_heads, arch.n_kv_heads, arch.d_head, arch.vocab_size
     trainable = count.trainable
-    t = p if prof.trains_base else 4  # adapter weights live in fp32 under peft's autocast
+    if precision == "mixed" or p == 4:
+        t = 4  # fp32 master copy of every trained weight (mixed), or an fp32 model
+    else:
+        t = p if prof.trains_base else 4  # pure: base weights in the model dtype; peft keeps adapters in fp32
     terms: list[Term] = []
 
     # -- weights ----------------------------------------------------------------------------------------
@@ -301,8 +318,9 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         terms.append(Term("frozen_weights", "frozen weights", frozen_params * p,
                           f"(n_params - trained base weights) * p = {frozen_params:,} * {p}", "static"))
-    terms.append(Term("trainable_weights", "trainable weights", trainable * t,
-                      f"trainable * {t} ({'model dtype' if prof.trains_base else 'fp32 adapter weights'})", "static"))
+    what = ("fp32 master weights" if precision == "mixed" and p < 4 else
+            "model dtype" if prof.trains_base and t == p else "fp32 adapter weights" if not prof.trains_base else "fp32")
+    terms.append(Term("trainable_weights", "trainable weights", trainable * t, f"trainable * {t} ({what})", "static"))
 
     # -- optimizer ----------------------------------------------------------------------------------------
     if optimizer == "adamw":
@@ -381,6 +399,11 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         early, early_f = grads, f"trainable * {t}"
     terms.append(Term("gradients_early", "gradients at the start of backward", early, early_f, "backward"))
+    if precision == "mixed" and p < 4:
+        # autocast casts each fp32 trained weight to the compute dtype once per forward and the matmuls save that
+        # copy for backward, so it lives until backward has used it
+        terms.append(Term("autocast_copies", "compute-dtype copies of trained weights (autocast)", trainable * p,
+                          f"trainable * {p}", "backward"))
     block_share = int(activations / n_blocks) if n_blocks else 0
     terms.append(Term("gradients_late", "gradients at the end of backward", grads, f"trainable * {t}", "late"))
     terms.append(Term("activations_late", "one block's activations (end of backward)", block_share,
@@ -390,7 +413,7 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
 
     # -- overhead -------------------------------------------------------------------------------------------
     est = MemoryEstimate(method.id, arch.name, batch, seq, dtype, optimizer, gradient_checkpointing, quantize,
-                         device, attention, trainable, terms, notes)
+                         device, attention, trainable, terms, notes, precision)
     dynamic = est.dynamic
     context = CUDA_CONTEXT_BYTES if device == "cuda" else 0
     terms.append(Term("overhead", "framework overhead", int(context + FRAGMENTATION * dynamic),
@@ -407,6 +430,19 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         what = ", ".join(f"{t.label} = {t.bytes}" for t in bad) or f"peak = {est.peak}"
         raise UsageError(f"method '{method.id}' on {arch.name}: the estimate is not a valid size ({what})")
     return est
+
+
+def resolve_precision(precision: str | None, dtype: str) -> str:
+    """The precision mode for --dtype: None means pure (the model in --dtype, no AMP); fp32 is fp32 throughout."""
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+    if dtype == "fp32":
+        return "fp32"
+    if precision is None:
+        return f"pure-{dtype}"
+    if precision.startswith("pure-") and precision != f"pure-{dtype}":
+        raise UsageError(f"--precision {precision} needs --dtype {precision[5:]}, not {dtype}")
+    return precision
 
 
 def _norm_bytes(arch: Architecture, p: int, trained: bool) -> tuple[int, str]:

@@ -6,8 +6,8 @@ from typing import Any, Optional
 import typer
 
 from peftkb.calculators.architecture import Architecture, load_model, preset_names
-from peftkb.calculators.memory import (DEVICES, DTYPE_BYTES, MAX_BATCH, MAX_SEQ, GiB, OPTIMIZERS,
-                                       MemoryEstimate, estimate_memory, parse_size)
+from peftkb.calculators.memory import (DEFAULT_PRECISION, DEVICES, DTYPE_BYTES, MAX_BATCH, MAX_SEQ, GiB, OPTIMIZERS,
+                                       MemoryEstimate, estimate_memory, parse_size, resolve_precision)
 from peftkb.calculators.params import ParamCount, count_trainable, has_formula, parse_assignments
 from peftkb.cli.common import FORMAT_OPTION, complete_method_id, index
 from peftkb.cli.output import Format, emit
@@ -15,6 +15,9 @@ from peftkb.errors import NotFoundError, PeftkbError, UsageError, did_you_mean
 
 MODEL_HELP = "Preset name (e.g. llama-2-7b), a config.json, or a folder holding config.json."
 SET_HELP = "Hyperparameter as NAME=VALUE, e.g. r=16 (repeatable)."
+PRECISION_HELP = ("pure-bf16: the model in bf16 without AMP, as peft's method-comparison suite (adapters fp32); "
+                  "mixed: fp32 master weights and AdamW states, bf16 compute (HF Trainer bf16=True); pure-fp16 "
+                  f"with --dtype fp16. Default: pure in --dtype ({DEFAULT_PRECISION}).")
 TARGETS_HELP = "Comma-separated target modules: family names (q_proj,v_proj), suffixes (output.dense) or roles (q,v)."
 
 
@@ -119,6 +122,12 @@ def _gib(n: int) -> float:
     return round(n / GiB, 3)
 
 
+def _precision_label(precision: str, given: Optional[str]) -> str:
+    if precision == "fp32":
+        return "(fp32 throughout)"
+    return f"(precision {precision}" + (", the default)" if given is None else ")")
+
+
 def memory(
     method_id: str = typer.Argument(..., metavar="METHOD", help="Method id, name or alias.",
                                     autocompletion=complete_method_id),
@@ -126,6 +135,7 @@ def memory(
     batch: int = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Sequences per step."),
     seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: " + ", ".join(DTYPE_BYTES) + "."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     optimizer: str = typer.Option("adamw", "--optimizer", help="One of " + ", ".join(OPTIMIZERS) + "."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each block in backward."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the frozen base: nf4."),
@@ -140,7 +150,8 @@ def memory(
     """Estimate the peak training memory of a method on a model, term by term."""
     arch = load_model(model)
     count, est = _estimate(_find(method_id), arch, sets, targets, batch=batch, seq=seq, dtype=dtype.lower(),
-                           optimizer=optimizer.lower(), gradient_checkpointing=gradient_checkpointing,
+                           precision=precision.lower() if precision else None, optimizer=optimizer.lower(),
+                           gradient_checkpointing=gradient_checkpointing,
                            quantize=quantize.lower() if quantize else None, device=device.lower(),
                            attention=attention.lower(), padding_mask=padding_mask)
     rows = [{"term": t.label, "phase": t.phase, "GiB": _gib(t.bytes), "bytes": t.bytes, "formula": t.formula}
@@ -150,7 +161,7 @@ def memory(
     rows.append({"term": "peak", "phase": "", "GiB": _gib(est.peak), "bytes": est.peak,
                  "formula": "allocated peak + overhead"})
     columns = ["term", "phase", "GiB"] + (["formula"] if explain else [])
-    title = (f"{est.method} on {est.model}: B={batch} S={seq} {est.dtype} {est.optimizer}"
+    title = (f"{est.method} on {est.model}: B={batch} S={seq} {est.dtype} {_precision_label(est.precision, precision)} {est.optimizer}"
              f"{' +checkpointing' if gradient_checkpointing else ''}{' ' + est.quantize if est.quantize else ''}: "
              f"peak {_gib(est.peak)} GiB ({count.trainable:,} trainable)")
     if explain:
@@ -164,6 +175,7 @@ def fit(
     batch: int = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Sequences per step."),
     seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: " + ", ".join(DTYPE_BYTES) + "."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     optimizer: str = typer.Option("adamw", "--optimizer", help="One of " + ", ".join(OPTIMIZERS) + "."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each block in backward."),
     device: str = typer.Option("cuda", "--device", help="cuda or cpu."),
@@ -176,13 +188,15 @@ def fit(
     if dtype.lower() not in DTYPE_BYTES or optimizer.lower() not in OPTIMIZERS or device.lower() not in DEVICES:
         raise UsageError(f"--dtype is one of {', '.join(DTYPE_BYTES)}; --optimizer one of {', '.join(OPTIMIZERS)}; "
                          f"--device one of {', '.join(DEVICES)}")
+    shown = resolve_precision(precision.lower() if precision else None, dtype.lower())
     rows, skipped = [], []
     for m in index().methods:
         if not has_formula(m):
             continue
         try:
             count, est = _estimate(m, arch, [], None, batch=batch, seq=seq, dtype=dtype.lower(),
-                                   optimizer=optimizer.lower(), gradient_checkpointing=gradient_checkpointing,
+                                   precision=None if shown == "fp32" else shown, optimizer=optimizer.lower(),
+                                   gradient_checkpointing=gradient_checkpointing,
                                    device=device.lower())
         except PeftkbError as exc:
             skipped.append({"method": m.id, "reason": str(exc)})
@@ -193,10 +207,12 @@ def fit(
                          "percent": round(count.percent, 4), "GiB": _gib(est.peak), "fits": fits,
                          "quantize": est.quantize})
     rows.sort(key=lambda r: (r["GiB"], r["method"]))
-    title = (f"methods that fit {_gib(budget)} GiB on {arch.name} (B={batch}, S={seq}, {dtype}, {optimizer}"
+    title = (f"methods that fit {_gib(budget)} GiB on {arch.name} (B={batch}, S={seq}, {dtype} "
+             f"{_precision_label(shown, precision)}, {optimizer}"
              f"{', checkpointing' if gradient_checkpointing else ''}): {sum(r['fits'] for r in rows)}")
     emit(rows, fmt, columns=["method", "trainable", "percent", "GiB", "fits", "quantize"], title=title,
-         data={"model": arch.summary(), "budget_bytes": budget, "methods": rows, "skipped": skipped})
+         data={"model": arch.summary(), "budget_bytes": budget, "precision": shown, "methods": rows,
+               "skipped": skipped})
 
 
 def register(app: typer.Typer) -> None:

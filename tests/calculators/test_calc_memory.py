@@ -234,3 +234,38 @@ def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, d
     tokens = batch * (seq + overrides.get("n_virtual_tokens", 0))
     modelled = term(est, "activations") + term(est, "head_activations") - p * arch.vocab_size * tokens
     assert modelled == pytest.approx(saved, rel=0.06)
+
+
+# -- precision: pure bf16 (peft's method-comparison suite) and mixed (fp32 master weights, AMP) -----------------
+@pytest.mark.parametrize("method_id", ["full-fine-tuning", "lora"])
+def test_pure_bf16_and_mixed_precision_against_an_explicit_recomputation(catalog, llama, method_id):
+    pure = estimate(catalog, method_id, llama, dtype="bf16", precision="pure-bf16")
+    mixed = estimate(catalog, method_id, llama, dtype="bf16", precision="mixed")
+    n = pure.trainable
+    base = method_id == "full-fine-tuning"
+    t_pure = 2 if base else 4  # pure: trained base weights in bf16, peft's adapters upcast to fp32
+    expected = {
+        "pure-bf16": dict(frozen_weights=2 * (llama.n_params - (n if base else 0)), trainable_weights=t_pure * n,
+                          optimizer_states=2 * t_pure * n, gradients=t_pure * n, gradients_late=t_pure * n),
+        "mixed": dict(frozen_weights=2 * (llama.n_params - (n if base else 0)), trainable_weights=4 * n,
+                      optimizer_states=8 * n, gradients=4 * n, gradients_late=4 * n, autocast_copies=2 * n),
+    }
+    for est in (pure, mixed):
+        assert est.precision in expected
+        for key, value in expected[est.precision].items():
+            assert term(est, key) == value, (est.precision, key)
+    assert not any(t.key == "autocast_copies" for t in pure.terms)
+    # the activations do not depend on where the master weights live
+    assert term(pure, "activations") == term(mixed, "activations")
+    if base:  # 2 + 2 + 4 bytes per weight against 4 + 4 + 8 (+ 2 for the autocast copy)
+        assert mixed.allocated - pure.allocated >= (16 + 2 - 8) * n - 2 * llama.vocab_size * llama.d_model * 4
+
+
+def test_precision_defaults_to_pure_in_the_model_dtype_and_checks_the_pairing(catalog, llama):
+    assert estimate(catalog, "lora", llama, dtype="bf16").precision == "pure-bf16"
+    assert estimate(catalog, "lora", llama, dtype="fp16").precision == "pure-fp16"
+    assert estimate(catalog, "lora", llama, dtype="fp32", precision="mixed").precision == "fp32"
+    with pytest.raises(UsageError, match="needs --dtype bf16"):
+        estimate(catalog, "lora", llama, dtype="fp16", precision="pure-bf16")
+    with pytest.raises(UsageError, match="--precision must be one of"):
+        estimate(catalog, "lora", llama, precision="tf32")

@@ -54,7 +54,7 @@ def test_params_accepts_a_config_file_and_a_model_folder(tmp_path):
 
 def test_params_compare_prints_one_table():
     out = ok("params", "lora", "--model", "llama-2-7b", "--compare", "ia3,prompt-tuning,full-fine-tuning",
-             "--format", "csv")
+             "--set", "n_virtual_tokens=20", "--format", "csv")
     lines = out.strip().splitlines()
     assert lines[0] == "method,trainable,percent,exact,formula"
     rows = {line.split(",")[0]: line.split(",")[1] for line in lines[1:]}
@@ -213,3 +213,19 @@ def test_a_config_file_over_the_size_cap_is_refused_unread(tmp_path):
     with path.open("wb") as fh:  # sparse: 2 GB on paper, nothing on disk
         fh.truncate(2 * 2**30)
     assert "a config.json is at most 1,000,000" in fails(2, "params", "lora", "-m", str(path)).stderr
+
+
+def test_memory_states_its_precision_and_mixed_keeps_fp32_master_weights():
+    pure = json.loads(ok("memory", "full-fine-tuning", "-m", "gpt2", "--seq", "128", "-f", "json"))
+    mixed = json.loads(ok("memory", "full-fine-tuning", "-m", "gpt2", "--seq", "128", "--precision", "mixed",
+                          "-f", "json"))
+    assert pure["precision"] == "pure-bf16" and mixed["precision"] == "mixed"
+    n = pure["trainable"]
+    terms = {t["term"]: t["bytes"] for t in mixed["terms"]}
+    assert terms["trainable_weights"] == 4 * n and terms["optimizer_states"] == 8 * n
+    assert terms["autocast_copies"] == 2 * n
+    assert "(precision pure-bf16, the default)" in ok("memory", "lora", "-m", "gpt2", "--seq", "128")
+    assert "(precision mixed)" in ok("memory", "lora", "-m", "gpt2", "--seq", "128", "--precision", "mixed")
+    assert "(precision mixed)" in ok("fit", "-m", "gpt2", "--memory", "80GB", "--precision", "mixed")
+    assert "needs --dtype bf16" in fails(2, "memory", "lora", "-m", "gpt2", "--dtype", "fp16",
+                                         "--precision", "pure-bf16").stderr
