@@ -15,8 +15,8 @@ import pytest
 import torch
 import transformers as tf
 
-from impl_cases import CASES, formula_count, hooks, logits, perturb
-from reference_impls import METHODS
+from impl_cases import CASES, copy_lora_into_peft, formula_count, hooks, logits, perturb
+from reference_impls import METHODS, lora, prefix_tuning
 from reference_impls._core import (arch_symbols, count_trainable, family, find_targets, merge, n_bias, n_params,
                                    synthetic_batch, train)
 
@@ -131,6 +131,7 @@ def test_merged_forward_equals_the_unmerged_one(pristine, fam, method_id):
     torch.testing.assert_close(logits(merge(model), batch), unmerged, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam,method_id", params())
 def test_loss_goes_down(pristine, fam, method_id):
     _, model, config = prepare(pristine, fam, method_id)
@@ -152,6 +153,38 @@ def test_prefix_reaches_every_layer_with_kv_heads(pristine):
         with torch.no_grad():
             encoder.mlp[2].bias[-16:] += 1.0  # the last layer's values (columns ordered layer, k|v, head, d_head)
         assert (logits(model, batch) - before).abs().max() > 100 * ATOL, fam
+
+
+@pytest.mark.peft_oracle
+@pytest.mark.parametrize("fam", list(FAMILIES))
+def test_prefix_matches_peft(pristine, fam):
+    peft = pytest.importorskip("peft")
+    base = pristine[fam]
+    ours = prefix_tuning.apply(copy.deepcopy(base), prefix_tuning.PrefixTuningConfig(4, prefix_projection=False))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                                              num_virtual_tokens=4))
+    assert theirs.get_nb_trainable_parameters()[0] == count_trainable(ours)
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prefix_encoder.prefix)
+    batch = synthetic_batch(base)
+    torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.peft_oracle
+@pytest.mark.parametrize("fam", ["qwen2", "phi3"])  # q/k/v biases; fused qkv_proj (LoRA on the whole of it)
+def test_lora_matches_peft(pristine, fam):
+    peft = pytest.importorskip("peft")
+    base = pristine[fam]
+    config = lora.LoRAConfig(r=4, alpha=8)
+    ours = lora.apply(copy.deepcopy(base), config)
+    perturb(ours)
+    names = [t.name for t in find_targets(base, config.target_modules)]
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                                     target_modules=names))
+    assert theirs.get_nb_trainable_parameters()[0] == count_trainable(ours)
+    copy_lora_into_peft(ours, theirs, names)
+    batch = synthetic_batch(base)
+    torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=ATOL, rtol=RTOL)
 
 
 def _calculator():
