@@ -14,8 +14,8 @@ prefix_tuning.drop_projection afterwards). The parallel adapter reads the FFN's 
 output. Every architecture here has a first FFN projection ("up") that sees the FFN's input and a last
 one ("down") that produces its output, so the adapter wraps "down" and a forward pre-hook on "up"
 hands it x; this also covers BERT, whose FFN is split over two modules. W_up starts at zero, so the
-adapter starts silent (the prefix still changes the output). On T5 the prefix enters through the
-self-attentions' k and v projections (see prefix_tuning.py).
+adapter starts silent (the prefix still changes the output). On T5 the prefix enters through every
+self-attention's cache argument (see prefix_tuning.py).
 Not mergeable: the prefix is attended to and the adapter has a nonlinearity.
 """
 from __future__ import annotations

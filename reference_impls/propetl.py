@@ -25,8 +25,8 @@ output from the first step). Scores start uniform in [0, 1), so the layers start
 masks. The adapter's biases are shared and not masked.
 
 Deviations: the prefix form trains the prototype prefix directly, without prefix tuning's
-reparameterisation MLP; it reaches attention the way prefix tuning does (on T5 through the k and v
-projections of every self-attention).
+reparameterisation MLP; it reaches attention the way prefix tuning does (on T5 through the cache
+argument of every self-attention).
 Mergeable: the LoRA form, once its masks are fixed (merge() folds the masked update into W0); the
 adapter has a nonlinearity and the prefix is attended to, so neither merges.
 """
