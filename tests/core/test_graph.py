@@ -78,3 +78,26 @@ def test_mermaid_and_dot_name_every_edge(graph):
     assert "style m_child" in mermaid
     dot = to_dot(edges, names, focus="child")
     assert dot.startswith("digraph") and '"child" -> "base" [label="variant_of"];' in dot and dot.endswith("}")
+
+
+def test_related_to_is_not_lineage_and_does_not_hide_it(kb):
+    for path in (kb.root / "catalog").glob("*.yaml"):
+        path.unlink()
+    kb.write("base.yaml", method_yaml("base", "reparameterized/low-rank-decomposition"))
+    kb.write("peer.yaml", method_yaml("peer", "additive/adapter-based"))
+    # child is a variant of base and also (redundantly) related to it; it is only related to peer
+    kb.write("child.yaml", method_yaml("child", "reparameterized/low-rank-decomposition",
+                                       "{variant_of: [base], related_to: [base, peer]}"))
+    graph = KnowledgeGraph(load_catalog(kb.root, use_cache=False))
+    assert graph.builds_on("child") == ["base"] and graph.built_on("peer") == []
+    assert [(e.source, e.kind, e.target) for e in graph.neighbourhood("child")] == [("child", "variant_of", "base")]
+
+
+def test_the_graph_reads_the_fast_index_the_same_as_the_typed_catalog(graph, kb):
+    from peftkb.index import load_index
+
+    records = KnowledgeGraph(load_index(kb.root))
+    for mid in graph.methods:
+        assert records.builds_on(mid) == graph.builds_on(mid) and records.built_on(mid) == graph.built_on(mid)
+        assert records.neighbourhood(mid) == graph.neighbourhood(mid)
+        assert records.combiners_of(mid) == graph.combiners_of(mid)
