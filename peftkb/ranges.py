@@ -220,3 +220,13 @@ def range_problems(hyperparameters: Iterable[Any]) -> list[tuple[str, str]]:
             if why:
                 problems.append((h.name, f"default {x!r} is outside its range {text!r}: {why}"))
     return problems
+
+
+def range_problems_at(hyperparameters: Iterable[Any]) -> list[tuple[tuple[str, int, str], str]]:
+    """`range_problems` with the field path of each: (("hyperparameters", i, "range"), message).
+
+    The loader's one call: `for path, message in range_problems_at(m.hyperparameters): add(path, message)`.
+    """
+    hps = list(hyperparameters)
+    index = {h.name: i for i, h in enumerate(hps)}
+    return [(("hyperparameters", index[name], "range"), message) for name, message in range_problems(hps)]

@@ -152,3 +152,38 @@ def test_all_linear_is_every_linear_layer_but_the_output_layer():
     bert = architecture_from_config(dict(model_type="bert", hidden_size=64, intermediate_size=96,
                                          num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
     assert "pooler.dense" in count_trainable(_method(), bert, {"r": 4}, targets=["all-linear"]).targets
+
+
+def test_range_problems_at_gives_the_field_path_the_loader_reports():
+    from peftkb.ranges import range_problems_at
+
+    hps = [NS(name="r", type="int", default=8, range="1..min(d_in, d_out)"),
+           NS(name="p", type="float", default=0.1, range="[0, 1")]
+    assert [path for path, _ in range_problems_at(hps)] == [("hyperparameters", 1, "range")]
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_parses_or_is_a_range_error(text):
+    try:
+        r = Range.parse(text)
+    except RangeError:
+        return
+    assert isinstance(r.symbols(), set)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=-10**6, max_value=10**6))
+def test_no_rank_gives_a_count_that_is_not_positive(r):
+    """Whatever r a user gives, the answer is a positive count inside the range, or a UsageError."""
+    arch = architecture_from_config(LLAMA)
+    try:
+        count = count_trainable(_method(), arch, {"r": r})
+    except UsageError:
+        assert not 1 <= r <= 32  # v_proj is 64 -> 32 on this GQA model
+        return
+    assert count.trainable == 2 * r * (128 + 96) and count.trainable > 0
