@@ -91,7 +91,7 @@ def ancestors(catalog: Catalog, category_id: str) -> list[Category]:
     return [by_id["/".join(parts[: i + 1])] for i in range(len(parts)) if "/".join(parts[: i + 1]) in by_id]
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script: "Rücklé" is one word, not "r" and "ckl"
 #: Bounds on one query, so that its cost is bounded too (a paper title is well inside both).
 MAX_QUERY_CHARS = 300
 MAX_QUERY_TERMS = 32

@@ -36,8 +36,10 @@ def _property_filter(spec: str, methods: list):
     value no method has is "not found" (with suggestions), never a silently empty list.
     """
     known = set(methods[0].properties) if methods else set()
-    name, _, wanted = spec.partition("=")
+    name, equals, wanted = spec.partition("=")
     name = name.strip().replace("-", "_")
+    if equals and not wanted.strip():
+        raise UsageError(f"--property '{spec}': give a value after '=', or just the name for true")
     negate = name.startswith("no_") and name[3:] in known
     if negate:
         if wanted:
@@ -84,12 +86,15 @@ def list_methods(
     """List methods, optionally filtered by category, year, property, implementation or tag."""
     from peftkb.index import strip_none
 
+    for option, value in (("--category", category), ("--scheme", scheme), ("--sort", sort)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty")
     cat = index()  # plain records from the cache: listing never needs pydantic
     if sort not in SORT_KEYS:
         raise UsageError(f"cannot sort by '{sort}'" + did_you_mean(sort, SORT_KEYS) + "; use " + ", ".join(SORT_KEYS))
     methods = list(cat.methods)
     title = "PEFT methods"
-    if scheme:
+    if scheme is not None:
         key = SCHEMES.get(scheme.lower().replace("-", "_"))
         if key is None:
             raise UsageError(f"unknown scheme '{scheme}'" + did_you_mean(scheme, SCHEMES) + "; use " + ", ".join(SCHEMES))
@@ -285,6 +290,8 @@ def cite(
     """Print BibTeX for the papers of the given methods (or of a whole category)."""
     from peftkb.bibtex import cite_key, to_bibtex
 
+    if category is not None and not category.strip():
+        raise UsageError("--category is empty")
     cat = index()
     methods = [query.find_method(cat, key) for key in method_ids or []]
     if category:

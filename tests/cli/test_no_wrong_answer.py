@@ -98,6 +98,9 @@ def test_validate_missing_paths_or_folder_plus_files_are_bad_input(kb, args):
     (("--property", "mergable"), 2, "did you mean 'mergeable'"),
     (("--sort", "yaer"), 2, "did you mean 'year'"),
     (("--scheme", "nosuch", "--category", "additive"), 2, "unknown scheme 'nosuch'"),
+    (("--category", ""), 2, "--category is empty"),
+    (("--scheme", "", "--category", "additive"), 2, "--scheme is empty"),
+    (("--property", "inserts_at="), 2, "give a value after '='"),
 ])
 def test_list_filters_that_cannot_match_are_errors(args, code, says):
     assert says in fails(code, "list", *args)
@@ -126,6 +129,7 @@ def test_property_values_match_lists_and_plain_values():
     (("cite", "--category", "nosuch"), 1, "no category 'nosuch'"),
     (("cite", "lora", "nosuch-method"), 1, "no method 'nosuch-method'"),
     (("cite",), 2, "give at least one method id or --category"),
+    (("cite", "--category", ""), 2, "--category is empty"),
     (("show", "lorra"), 1, "did you mean"),
     (("graph", "nosuch-method"), 1, "no method 'nosuch-method'"),
     (("crosswalk", "nosuch-method"), 1, "no method 'nosuch-method'"),
@@ -135,3 +139,9 @@ def test_property_values_match_lists_and_plain_values():
 ])
 def test_read_commands_refuse_what_cannot_be_answered(args, code, says):
     assert says in fails(code, *args)
+
+
+def test_search_finds_words_in_any_script():
+    # AdapterDrop's first author is Andreas Rücklé: his name is one word, not "r" and "ckl"
+    hits = ok("search", "Rücklé", "-f", "ids").split()
+    assert "adapterdrop" in hits
