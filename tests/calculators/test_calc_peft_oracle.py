@@ -310,3 +310,23 @@ def test_lokr_has_no_formula_and_the_calculator_says_so():
 
     with pytest.raises(UsageError, match="no trainable-parameter formula"):
         count_trainable(_method("lokr"), architecture_from_config(FAMILIES["llama-gqa"]))
+
+
+@pytest.mark.parametrize("family, names", [("phi3", ["qkv_proj"]), ("qwen3", ["q_proj", "v_proj"]),
+                                           ("olmo2", ["q_proj", "v_proj"]), ("gemma3_text", ["q_proj", "v_proj"])])
+def test_modern_families_lora_prompt_and_prefix_match_peft(family, names, tiny, build):
+    """Phi-3's fused qkv_proj, Qwen3's head_dim != d_model / n_heads, OLMo-2's and Gemma 3's q/k norms."""
+    peft = pytest.importorskip("peft")
+    cfg = tiny[family]
+    arch = architecture_from_config(cfg, name=family)
+    cases = [("lora", {"r": 4}, peft.LoraConfig(r=4, target_modules=names)),
+             ("prompt-tuning", {"n_virtual_tokens": 5}, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                                 num_virtual_tokens=5)),
+             ("prefix-tuning", {"n_virtual_tokens": 5, "prefix_projection": False},
+              peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))]
+    for method_id, overrides, config in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapped = peft.get_peft_model(build(cfg), config)
+        ours = count_trainable(_method(method_id), arch, overrides).trainable
+        assert ours == wrapped.get_nb_trainable_parameters()[0], method_id
