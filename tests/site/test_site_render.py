@@ -333,7 +333,7 @@ def test_survey_claims_carry_their_source(rendered):
 
 
 def test_floor_of_one_is_shown_as_a_plain_floor():
-    from peftkb.site.render import formula_latex
+    from peftkb.site.formulas import formula_latex
 
     tex = formula_latex("n_params * density // 1")
     assert r"\frac" not in tex and tex.endswith(r"\right\rfloor")
@@ -342,7 +342,7 @@ def test_floor_of_one_is_shown_as_a_plain_floor():
 
 
 def test_first_sentence_does_not_stop_at_abbreviations_or_inside_brackets():
-    from peftkb.site.render import first_sentence
+    from peftkb.site.model import first_sentence
 
     assert first_sentence("Trains biases (e.g. of q and v) only. Then more.") == "Trains biases (e.g. of q and v) only."
     assert first_sentence("Follows Hu et al. in spirit. Second.") == "Follows Hu et al. in spirit."
@@ -353,7 +353,7 @@ def test_first_sentence_does_not_stop_at_abbreviations_or_inside_brackets():
 
 
 def test_prose_shows_code_spans_as_code_and_escapes_the_rest():
-    from peftkb.site.render import prose
+    from peftkb.site.escape import prose
 
     out = str(prose("Use `seq_bn` <b>not</b> `x*`"))
     assert out.startswith("Use <code>seq&#95;bn</code> &#60;b&#62;not&#60;/b&#62; <code>x&#42;</code>")
@@ -367,7 +367,7 @@ def test_catalog_notes_show_no_raw_backticks(built_site):
 
 
 def test_category_counts_add_up_on_the_taxonomy_page(rendered):
-    from peftkb.site.render import SiteModel
+    from peftkb.site.model import SiteModel
 
     model = SiteModel(catalog=rendered.catalog, root=rendered.root)
     text = (rendered.docs / "taxonomy" / "index.md").read_text(encoding="utf-8")

@@ -1,0 +1,13 @@
+"""The methods page (methods/index.md), from site/templates/methods.md.j2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment
+
+from peftkb.site.model import SiteModel
+from peftkb.site.templating import render_template
+
+
+def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
+    return {"methods/index.md": render_template(env, "methods.md.j2", "methods/index.md", model=model, catalog=model.catalog)}
