@@ -32,9 +32,23 @@ PEFT_FIELDS = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dr
                "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",),
                "n_virtual_tokens": ("num_virtual_tokens",), "n_frozen_tokens": ("num_frozen_tokens",),
                "stride_a": ("stride_A",), "num_b": ("num_B",)}
+#: Llama-3.2-3B's hidden size: the input width of the q/k/v projections the suite adapts.
+HIDDEN = 3072
+
+
+def _oft_block_size(config: dict) -> int | None:
+    """peft's OFT takes either oft_block_size or r (the number of blocks, so b = d_in / r); the catalog takes b."""
+    if config.get("oft_block_size"):
+        return config["oft_block_size"]
+    if config.get("r") and all(t in ("q_proj", "k_proj", "v_proj") for t in config.get("target_modules") or []):
+        return HIDDEN // config["r"] if HIDDEN % config["r"] == 0 else None
+    return None
+
+
 #: catalog hyperparameters that peft states another way: name -> how to read it from the config
 DERIVED = {"n_tokens": lambda config: len(config["token_indices"]) if isinstance(config.get("token_indices"), list)
-           else None}
+           else None,
+           "block_size": lambda config: _oft_block_size(config) if config.get("peft_type") == "OFT" else None}
 #: What each kept number is, and where in a result file it is read.
 FIELDS = {
     "test_accuracy": "train_info.metrics[last with 'test accuracy']['test accuracy']",

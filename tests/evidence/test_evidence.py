@@ -124,6 +124,11 @@ def test_peft_field_names_become_catalog_names(catalog):
     assert settings == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q", "v", "down"]}
     tokens = next(m for m in catalog.methods if m.id == "trainable-tokens")
     assert importer.settings_of(tokens, {"token_indices": [1, 2, 3]})["n_tokens"] == 3
+    oft = next(m for m in catalog.methods if m.id == "oft")
+    by_count = {"peft_type": "OFT", "r": 32, "oft_block_size": 0, "target_modules": ["q_proj", "v_proj"]}
+    assert importer.settings_of(oft, by_count)["block_size"] == 3072 // 32  # r blocks of d_in / r
+    by_size = {**by_count, "r": 0, "oft_block_size": 64}
+    assert importer.settings_of(oft, by_size)["block_size"] == 64
 
 
 # -- the calculators against the published runs --------------------------------------------------------
