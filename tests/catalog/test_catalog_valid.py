@@ -25,8 +25,9 @@ def test_catalog_has_the_survey_experiment_methods_and_the_baseline():
 @pytest.mark.parametrize("method_id", sorted(m.id for m in CATALOG.methods if m.trainable_params))
 def test_formula_evaluates_to_a_positive_count(method_id):
     m = METHODS[method_id]
-    env = {**SHAPE, **{h.name: h.default for h in m.hyperparameters
-                       if isinstance(h.default, (int, float)) and not isinstance(h.default, bool)}}
+    # a bool default enters a formula as 0 or 1 (prefix tuning's prefix_projection selects its MLP's terms)
+    env = {**SHAPE, **{h.name: int(h.default) if isinstance(h.default, bool) else h.default
+                       for h in m.hyperparameters if isinstance(h.default, (int, float))}}
     total = 0
     for scope, source in m.trainable_params.formulas().items():
         per = Formula.parse(source)
