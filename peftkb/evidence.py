@@ -261,3 +261,21 @@ def summarize_checks(checks: list[CalculatorCheck]) -> dict[str, Any]:
     for c in checks:
         by_method.setdefault(c.method, []).append(c)
     return {"overall": stats(checks), "by_method": {k: stats(v) for k, v in sorted(by_method.items())}}
+
+
+def pareto_front(points: list[Measurement], cost: str = "trainable_params") -> list[Measurement]:
+    """The measurements no other beats on both accuracy (higher) and `cost` (lower), cheapest first.
+
+    `cost` is "trainable_params" or "peak_memory_bytes"; measurements without an accuracy or that cost
+    are left out. Of two with equal cost and accuracy the first is kept.
+    """
+    if cost not in ("trainable_params", "peak_memory_bytes"):
+        raise ValueError(f"cost must be trainable_params or peak_memory_bytes, not {cost!r}")
+    usable = [p for p in points if p.accuracy is not None and getattr(p, cost) is not None]
+    front: list[Measurement] = []
+    best = float("-inf")
+    for p in sorted(usable, key=lambda p: (getattr(p, cost), -(p.accuracy or 0.0))):
+        if p.accuracy is not None and p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front

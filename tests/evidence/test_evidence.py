@@ -194,3 +194,24 @@ def test_validate_checks_the_evidence_with_the_catalog(tmp_path: Path):
     done = run_cli("validate", str(tmp_path))
     assert done.returncode == 2
     assert "evidence/peft-metamathqa.yaml:" in done.stderr and "num_trainable_params" in done.stderr
+
+
+def _point(name: str, params: int, accuracy: float | None, memory: int | None = 1) -> ev.Measurement:
+    return ev.Measurement("s", name, name, accuracy, "t", "m", params, memory, "k", {}, "p")
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
+    points = [_point("a", 10, 0.5), _point("b", 20, 0.4), _point("c", 30, 0.7), _point("d", 5, 0.1),
+              _point("e", 40, 0.7), _point("f", 1, None)]
+    assert [p.method for p in ev.pareto_front(points)] == ["d", "a", "c"]  # b and e are beaten; f has no accuracy
+    by_memory = [_point("x", 1, 0.9, memory=100), _point("y", 1, 0.5, memory=10), _point("z", 1, 0.6, memory=None)]
+    assert [p.method for p in ev.pareto_front(by_memory, cost="peak_memory_bytes")] == ["y", "x"]
+    with pytest.raises(ValueError):
+        ev.pareto_front(points, cost="accuracy")
+
+
+def test_the_published_front_is_made_of_published_runs(catalog):
+    front = ev.pareto_front(ev.published_measurements(ev.load_evidence(ROOT, catalog)))
+    assert front and all(p.source == "peft-metamathqa" for p in front)
+    accuracies = [p.accuracy for p in front]
+    assert accuracies == sorted(accuracies) and len(set(accuracies)) == len(accuracies)
