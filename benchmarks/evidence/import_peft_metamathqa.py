@@ -20,18 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from peftkb.interop import peft_import  # noqa: E402
 from peftkb.loader import load_catalog  # noqa: E402
 
 RESULTS = "method_comparison/MetaMathQA/results"
 REPOSITORY = "https://github.com/huggingface/peft"
-#: Llama's module names -> the catalog's target roles.
-LLAMA_ROLES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
-               "up_proj": "up", "down_proj": "down"}
-#: catalog hyperparameter name -> peft config field names (after the name itself)
-PEFT_FIELDS = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
-               "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",),
-               "n_virtual_tokens": ("num_virtual_tokens",), "n_frozen_tokens": ("num_frozen_tokens",),
-               "stride_a": ("stride_A",), "num_b": ("num_B",)}
 #: Llama-3.2-3B's hidden size: the input width of the q/k/v projections the suite adapts.
 HIDDEN = 3072
 
@@ -45,10 +38,8 @@ def _oft_block_size(config: dict) -> int | None:
     return None
 
 
-#: catalog hyperparameters that peft states another way: name -> how to read it from the config
-DERIVED = {"n_tokens": lambda config: len(config["token_indices"]) if isinstance(config.get("token_indices"), list)
-           else None,
-           "block_size": lambda config: _oft_block_size(config) if config.get("peft_type") == "OFT" else None}
+#: catalog hyperparameters that the suite's configs state another way: name -> how to read it from the config
+DERIVED = {"block_size": lambda config: _oft_block_size(config) if config.get("peft_type") == "OFT" else None}
 #: What each kept number is, and where in a result file it is read.
 FIELDS = {
     "test_accuracy": "train_info.metrics[last with 'test accuracy']['test accuracy']",
@@ -59,8 +50,6 @@ FIELDS = {
     "train_time_s": "train_info.train_time",
     "checkpoint_bytes": "train_info.file_size",
 }
-#: LoRA options told apart by a config field (the LoRA entry itself is the fallback).
-LORA_OPTIONS = (("use_dora", True, "dora"), ("use_rslora", True, "rslora"))
 #: Runs named for a LoRA variant the catalog has no entry for: experiment-name fragment -> reason.
 UNCATALOGUED = {"bdlora": "BD-LoRA (LoraConfig use_bdlora, block-diagonal factors): a peft LoRA option with no "
                           "catalog entry",
@@ -78,57 +67,27 @@ def result_files(git_dir: Path, commit: str) -> list[str]:
     return sorted(name for name in out.split() if name.endswith(".json"))
 
 
-def by_peft(catalog) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for m in catalog.methods:
-        if m.implementations.peft:
-            out.setdefault(m.implementations.peft.peft_type, []).append(m)
-    return out
+def match_method(name: str, config: dict, catalog) -> tuple[str | None, str]:
+    """(catalog id, reason) for one run; the id is None when no entry fits.
 
-
-def match_method(name: str, peft_type: str | None, config: dict, candidates: dict[str, list]) -> tuple[str | None, str]:
-    """(catalog id, reason) for one run; the id is None when no entry fits."""
-    if peft_type is None:
+    The run's file name tells what its config cannot: full fine-tuning (no peft config), LoRA trained with
+    the LoRA-FA optimizer, and variants the catalog has no entry for. Otherwise the config decides,
+    exactly as for a user's adapter_config.json (`peftkb.interop.peft_import.method_of`).
+    """
+    if not config:
         return ("full-fine-tuning", "no peft config: full fine-tuning") if name.startswith("full-finetuning") \
             else (None, "no peft config and not a full fine-tuning run")
     for fragment, reason in UNCATALOGUED.items():
         if fragment in name:
             return None, reason
-    if peft_type == "LORA":
-        if "lorafa" in name:
-            return "lora-fa", "LoRA trained with peft's LoRA-FA optimizer (create_lorafa_optimizer)"
-        for field, value, method_id in LORA_OPTIONS:
-            if config.get(field) == value:
-                return method_id, f"LoraConfig {field}={value}"
-        init = config.get("init_lora_weights")
-        if isinstance(init, str):
-            return None, f"LoraConfig init_lora_weights={init!r}: map it by hand"
-        return "lora", "plain LoraConfig"
-    methods = [m for m in candidates.get(peft_type, []) if not (m.implementations.peft.option or "")]
-    if len(methods) == 1:
-        return methods[0].id, f"the catalog's entry for PeftType {peft_type}"
-    return None, f"PeftType {peft_type} names {len(methods)} catalog entries without an option"
+    if config.get("peft_type") == "LORA" and "lorafa" in name:
+        return "lora-fa", "LoRA trained with peft's LoRA-FA optimizer (create_lorafa_optimizer)"
+    return peft_import.method_of(config, catalog)
 
 
 def settings_of(method, config: dict) -> dict:
     """The run's values of the method's catalog hyperparameters, read from its peft config."""
-    out: dict = {}
-    for h in method.hyperparameters:
-        if h.name == "target_modules":
-            raw = config.get("target_modules")
-            if isinstance(raw, list) and all(t in LLAMA_ROLES for t in raw):
-                out["target_modules"] = sorted((LLAMA_ROLES[t] for t in raw), key=list(LLAMA_ROLES.values()).index)
-            elif raw is not None:
-                out["target_modules"] = raw
-            continue
-        if h.name in DERIVED and DERIVED[h.name](config) is not None:
-            out[h.name] = DERIVED[h.name](config)
-            continue
-        for field in (h.name, *PEFT_FIELDS.get(h.name, ())):
-            if field in config and config[field] is not None and not isinstance(config[field], dict):
-                out[h.name] = config[field]
-                break
-    return out
+    return peft_import.settings_of(method, config, {name: read(config) for name, read in DERIVED.items()})
 
 
 def scalar_config(config: dict) -> dict:
@@ -142,14 +101,13 @@ def scalar_config(config: dict) -> dict:
 def import_runs(git_dir: Path, commit: str) -> dict:
     catalog = load_catalog()
     methods = {m.id: m for m in catalog.methods}
-    candidates = by_peft(catalog)
     runs, settings_seen = [], None
     for name in result_files(git_dir, commit):
         data = json.loads(git_show(git_dir, commit, f"{RESULTS}/{name}"))
         info, train = data["run_info"], data["train_info"]
         config = info.get("peft_config") or {}
         peft_type = config.get("peft_type")
-        method_id, reason = match_method(name, peft_type, config, candidates)
+        method_id, reason = match_method(name, config, catalog)
         tests = [m for m in train["metrics"] if "test accuracy" in m]
         tc = info["train_config"]
         setting = {"model": tc["model_id"], "dtype": tc["dtype"], "batch_size": tc["batch_size"],
