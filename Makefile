@@ -28,6 +28,14 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The prepared GPU check (benchmarks/gpu_check.py): GPU tests, our implementations vs peft on the device, the
+# memory estimator vs torch.cuda.max_memory_reserved(). For a bare GPU machine (torch, transformers, peft
+# installed, no network): it uses .venv when there is one, else $(PYTHON). DEVICE=cpu is a short dry run.
+DEVICE ?= cuda
+.PHONY: gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py --device $(DEVICE)
+
 # The same suite on the last transformers 4.x (the project supports >=4.45,<6; `make test` runs the 5.x
 # the default install resolves to): a second environment, .venv-legacy, same torch pin and extras.
 LEGACY_VENV         := .venv-legacy
