@@ -100,17 +100,29 @@ def _root_of(file: Path) -> Path:
 
 
 def schema(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="FILE",
+                                         help="Write to this file instead of stdout."),
 ) -> None:
     """Print the JSON Schema of a catalog file (editors validate YAML against it while typing)."""
     from peftkb.model import Method
+
+    if output is not None:
+        if not output.strip():
+            raise UsageError("--output is an empty path; name the file to write")
+        if Path(output).is_dir():
+            raise UsageError(f"--output {output} is a folder; name the file to write")
+        if not Path(output).resolve().parent.is_dir():
+            raise UsageError(f"--output {output}: the folder {Path(output).resolve().parent} does not exist")
 
     document = Method.model_json_schema(by_alias=True)
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "peftkb catalog entry"
     rendered = json.dumps(document, indent=2, sort_keys=True) + "\n"
-    if output:
-        output.write_text(rendered, encoding="utf-8")
+    if output is not None:
+        target = Path(output)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(rendered, encoding="utf-8")
+        tmp.replace(target)  # never half a file in place of the old one
     else:
         text(rendered)
 

@@ -117,3 +117,17 @@ def test_an_empty_folder_is_accepted(site_kb, tmp_path):
                                   "[::1:8000"])
 def test_serve_refuses_an_address_it_cannot_listen_on(site_kb, tmp_path, addr):
     refused(peftkb("docs", "serve", "-a", addr, cwd=tmp_path, root=site_kb.root), says="--dev-addr")
+
+
+@pytest.mark.parametrize("output, says", [("", "empty path"), (".", "is a folder"), ("no/such/x.json", "does not exist")])
+def test_schema_output_must_be_a_file_path(tmp_path, site_kb, output, says):
+    refused(peftkb("schema", "-o", output, cwd=tmp_path, root=site_kb.root), says=says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]
+
+
+def test_schema_output_replaces_the_file_whole(tmp_path, site_kb):
+    target = tmp_path / "catalog.schema.json"
+    target.write_text("old\n")
+    result = peftkb("schema", "-o", "catalog.schema.json", cwd=tmp_path, root=site_kb.root)
+    assert result.returncode == 0, result.stderr
+    assert target.read_text().startswith("{") and sorted(p.name for p in tmp_path.iterdir()) == ["catalog.schema.json", "kb"]
