@@ -118,6 +118,11 @@ def part_memory(device: str, timeout: int, quick: bool, smollm2: Path | None, sm
         "reserved": "estimate.peak minus the CUDA context vs torch.cuda.max_memory_reserved()"}}
     if smollm2 is None:
         result["smollm2"] = f"skipped: {smollm2_note}"
+    code, _, err, _ = _run([sys.executable, "-m", "peftkb", "--version"], 60)
+    if code != 0:  # the estimator is peftkb itself: typer, pydantic, pyyaml ... must be importable
+        result["estimator"] = ("unavailable, measurements only: " + (err.strip().splitlines() or ["?"])[-1][:200]
+                               + " (install the project's dependencies: pip install -e .)")
+        print(f"    estimator {result['estimator']}", flush=True)
     start = time.perf_counter()
     for name, config, seqs, methods in models:
         left = timeout - (time.perf_counter() - start)
