@@ -143,7 +143,7 @@ def test_preset_builds_to_the_same_parameter_count_on_the_meta_device(name, buil
     assert arch.n_bias == sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
 
 
-NEW_FAMILY_PRESETS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-14b-instruct", "qwen3-0.6b", "qwen3-8b", "gemma-2-2b",
+NEW_FAMILY_PRESETS = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-14b-instruct", "qwen3-0.6b", "qwen3-8b", "gemma-2-2b", "gemma-3-1b",
                       "mistral-7b-v0.3", "phi-3-mini-4k", "olmo-2-7b", "olmo-2-13b"]
 
 
@@ -167,7 +167,7 @@ def test_preset_total_matches_the_published_size(name):
 
 def test_every_modern_family_has_a_preset_or_says_why_not():
     families = {read_preset(n)["model_type"] for n in preset_names()}
-    assert {"qwen2", "qwen3", "gemma2", "mistral", "phi3", "olmo2"} <= families
+    assert {"qwen2", "qwen3", "gemma2", "gemma3_text", "mistral", "phi3", "olmo2"} <= families
 
 
 @pytest.mark.parametrize("family, fused", [("phi3", {"self_attn.qkv_proj": ("q", "k", "v"),
