@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from peftkb.model import RELATION_KINDS, Catalog, Category, Method
+from peftkb.site.numbers import Numbers
 
 # -- presentation data ------------------------------------------------------------------------------
 ROLE_NAMES = {"q": "query", "k": "key", "v": "value", "o": "attention output", "up": "FFN up",
@@ -72,6 +73,7 @@ class SiteModel:
     categories: dict[str, Category] = field(default_factory=dict)
     children: dict[str | None, list[Category]] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
+    numbers: Numbers = field(default_factory=Numbers)  # trainable counts and memory on popular models
 
     def __post_init__(self) -> None:
         self.categories = {c.id: c for c in self.catalog.categories}

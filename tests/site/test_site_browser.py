@@ -91,6 +91,10 @@ def test_reader_journey(page, site_url, tmp_path):
     expect(page).to_have_url(re.compile(r"/taxonomy/reparameterized/index\.html$"))
     expect(page.locator("h1")).to_have_text(re.compile(r"Reparameterized Fine-tuning"))
     page.screenshot(path=str(tmp_path / "2-reparameterized.png"), full_page=True)
+    # its tables fit the text column (the formula column once made them ~1,960 px wide)
+    widths = page.evaluate("() => [...document.querySelectorAll('article table')].map(t => t.scrollWidth)")
+    column = page.evaluate("() => document.querySelector('article').clientWidth")
+    assert widths and max(widths) <= column + 1, (widths, column)
 
     # category -> LoRA
     page.locator("article table").get_by_role("link", name="LoRA", exact=True).first.click()

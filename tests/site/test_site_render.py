@@ -383,3 +383,34 @@ def test_category_counts_add_up_on_the_taxonomy_page(rendered):
 def test_wide_counts_are_broken_into_lines(rendered):
     text = (rendered.docs / "methods" / "xlora.md").read_text(encoding="utf-8")
     assert r"\begin{aligned} N = {} &" in text and text.count(r"\\ &") >= 2
+
+
+def test_method_pages_show_the_calculators_numbers_and_their_cli_lines(rendered):
+    # LoRA with the catalog default r=8 on q and v; Llama-3.2-3B: 28 layers, q 3072->3072, v 3072->1024
+    text = (rendered.docs / "methods" / "lora.md").read_text(encoding="utf-8")
+    assert f"| {28 * 8 * ((3072 + 3072) + (3072 + 1024)):,} |" in text
+    assert "peftkb params lora -m llama-3.2-3b\n" in text and "peftkb memory lora -m llama-3.2-3b --batch 1 --seq 512" in text
+    # every number shown is what the CLI prints for the line shown beside it
+    for mid in ("lora", "ia3", "qlora", "prefix-tuning"):
+        page = (rendered.docs / "methods" / f"{mid}.md").read_text(encoding="utf-8")
+        rows = re.findall(r"^\| <code>([^<]+)</code> \| ([\d,]+) \| [^|]+ \| ([^ ]+) GiB", page, re.M)
+        assert rows, mid
+        for preset, trainable, gib in rows:
+            preset = html.unescape(preset)
+            params = _cli_json(rendered.root, "params", mid, "-m", preset)
+            memory = _cli_json(rendered.root, "memory", mid, "-m", preset, "--batch", "1", "--seq", "512")
+            assert int(trainable.replace(",", "")) == params["trainable"] == memory["trainable"], (mid, preset)
+            assert html.unescape(gib) == f"{memory['peak_gib']:.1f}" or abs(
+                float(html.unescape(gib)) - memory["peak_bytes"] / 2**30) < 0.05, (mid, preset)
+
+
+def test_a_calculator_error_leaves_the_numbers_out(monkeypatch, rendered):
+    from peftkb.calculators import params
+    from peftkb.site.numbers import Numbers
+
+    def broken(*args, **kwargs):
+        raise ValueError("calculator broken")
+
+    lora = next(m for m in rendered.catalog.methods if m.id == "lora")
+    monkeypatch.setattr(params, "count_trainable", broken)
+    assert Numbers().of(lora) == []
