@@ -93,10 +93,15 @@ def _build_then_move(target: Path, build_into):
                                         encoding="utf-8")
         if target.exists():
             target.rename(old)  # a previous build (or an empty folder): checked by _output_dir
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old.exists():
+                old.rename(target)  # put the previous build back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
-        shutil.rmtree(old, ignore_errors=True)
     return report
 
 

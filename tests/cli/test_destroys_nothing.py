@@ -131,3 +131,53 @@ def test_schema_output_replaces_the_file_whole(tmp_path, site_kb):
     result = peftkb("schema", "-o", "catalog.schema.json", cwd=tmp_path, root=site_kb.root)
     assert result.returncode == 0, result.stderr
     assert target.read_text().startswith("{") and sorted(p.name for p in tmp_path.iterdir()) == ["catalog.schema.json", "kb"]
+
+
+def _previous_build(folder: Path) -> dict[str, bytes]:
+    folder.mkdir()
+    (folder / BUILD_MARKER).write_text("")
+    (folder / "index.html").write_text("the previous build\n")
+    return snapshot(folder)
+
+
+def test_a_build_that_raises_leaves_the_previous_one(tmp_path):
+    from peftkb.cli.docs import _build_then_move
+
+    out = tmp_path / "out"
+    before = _previous_build(out)
+
+    def build_into(folder: Path):
+        (folder / "index.html").write_text("half a site\n")
+        raise RuntimeError("mkdocs fell over")
+
+    with pytest.raises(RuntimeError):
+        _build_then_move(out, build_into)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_move_that_fails_puts_the_previous_build_back(tmp_path, monkeypatch):
+    from peftkb.cli.docs import _build_then_move
+
+    out = tmp_path / "out"
+    before = _previous_build(out)
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith(".out.building-"):
+            raise OSError("disk trouble")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError):
+        _build_then_move(out, lambda folder: (folder / "index.html").write_text("new\n"))
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_successful_move_leaves_only_the_new_build(tmp_path):
+    from peftkb.cli.docs import _build_then_move
+
+    out = tmp_path / "out"
+    _previous_build(out)
+    assert _build_then_move(out, lambda folder: (folder / "index.html").write_text("new\n")) is not None
+    assert (out / "index.html").read_text() == "new\n" and (out / BUILD_MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
