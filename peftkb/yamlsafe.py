@@ -53,6 +53,8 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 def load_located(path: Path) -> Located:
     """Load one YAML file safely, raising YamlProblem with a position on any refusal."""
+    if path.exists() and not path.is_file():  # a folder, a FIFO (would block), a device (/dev/zero)
+        raise YamlProblem(1, 1, "not a regular file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise YamlProblem(1, 1, f"file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}")

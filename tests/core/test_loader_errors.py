@@ -285,3 +285,13 @@ def test_same_year_lineage_is_allowed(kb):
     catalog = load_catalog(kb.root, use_cache=False)
     years = {m.id: m.year for m in catalog.methods}
     assert years["mam-adapter"] == years["parallel-adapter"]
+
+
+def test_a_catalog_entry_that_is_not_a_regular_file_is_a_problem(kb):
+    import os
+
+    (kb.root / "catalog" / "folder.yaml").mkdir()
+    os.mkfifo(kb.root / "catalog" / "pipe.yaml")  # reading it would block for ever
+    found = problems(kb)
+    assert "catalog/folder.yaml: not a regular file" in [p.replace(":1:1:", ":") for p in found], found
+    assert any(p.startswith("catalog/pipe.yaml:1:1: not a regular file") for p in found), found
