@@ -234,7 +234,7 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
         if "per_target" in formulas and not modules:
             raise UsageError(f"none of the targets {', '.join(target_keys)} matches a linear module of {arch.name}")
         if any(len(m.roles) > 1 for m in modules):
-            notes.append("a fused q/k/v projection counts once, with its full d_out (as peft targets it)")
+            notes.append("a fused projection (q/k/v or gate/up) counts once, with its full d_out (as peft targets it)")
         if any(m.cross for m in modules):
             notes.append("T5 decoder cross-attention (EncDecAttention) modules are included by role")
 
