@@ -15,6 +15,7 @@ from jinja2 import TemplateError
 
 from peftkb.errors import PeftkbError
 from peftkb.model import Catalog
+from peftkb.site.escape import safe_url
 from peftkb.site.render import SitePaths, render_docs
 from peftkb.site.templating import SiteError
 
@@ -47,11 +48,13 @@ class _StderrHandler(logging.Handler):
 
 def build_site(root: Path | None = None, *, site_dir: Path | None = None, docs_dir: Path | None = None,
                build_dir: Path | None = None, templates_dir: Path | None = None, catalog: Catalog | None = None,
-               verbose: bool = False) -> BuildReport:
+               verbose: bool = False, site_url: str | None = None) -> BuildReport:
     """Render site/docs from the catalog, run `mkdocs build --strict`, then check every link of the result.
 
     `root` is the knowledge base (catalog, taxonomy, reference_impls); `site_dir` holds mkdocs.yml, the
     templates and assets (default <root>/site); docs_dir and build_dir default to folders inside it.
+    `site_url` (the address the site will be served from, e.g. https://example.org/peftkb/) fills
+    sitemap.xml; without one (here or in mkdocs.yml) the sitemap would list nothing, so none is written.
     """
     from peftkb.loader import find_root, load_catalog
 
@@ -63,8 +66,13 @@ def build_site(root: Path | None = None, *, site_dir: Path | None = None, docs_d
         raise SiteError(f"no mkdocs configuration at {paths.config_file}")
     catalog = catalog or load_catalog(root)
     result = render_docs(catalog, paths)
-    _run_mkdocs(paths, result.nav, verbose=verbose)
-    problems, checked = check_site(paths.build_dir)
+    if site_url is not None and safe_url(site_url) is None:
+        raise SiteError(f"site URL must be an absolute http(s) URL, not {site_url!r}")
+    has_url = _run_mkdocs(paths, result.nav, verbose=verbose, site_url=site_url)
+    if not has_url:  # mkdocs writes an empty <urlset> without a site URL: leave no such file behind
+        for name in ("sitemap.xml", "sitemap.xml.gz"):
+            (paths.build_dir / name).unlink(missing_ok=True)
+    problems, checked = check_site(paths.build_dir, site_url=site_url if has_url else None)
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
@@ -73,7 +81,8 @@ def build_site(root: Path | None = None, *, site_dir: Path | None = None, docs_d
                        build_dir=paths.build_dir, links_checked=checked)
 
 
-def _run_mkdocs(paths: SitePaths, nav: list[Any], verbose: bool = False) -> None:
+def _run_mkdocs(paths: SitePaths, nav: list[Any], verbose: bool = False, site_url: str | None = None) -> bool:
+    """Run mkdocs; True when the configuration has a site URL (so the sitemap lists the pages)."""
     from mkdocs.commands.build import build
     from mkdocs.exceptions import Abort, ConfigurationError, MkDocsException
 
@@ -84,7 +93,7 @@ def _run_mkdocs(paths: SitePaths, nav: list[Any], verbose: bool = False) -> None
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         try:
-            cfg = mkdocs_config(paths, nav)
+            cfg = mkdocs_config(paths, nav, **({"site_url": site_url} if site_url else {}))
         except ConfigurationError as exc:
             raise SiteError(f"{paths.config_file}: invalid mkdocs configuration: {exc}") from None
         cfg.plugins.on_startup(command="build", dirty=False)
@@ -101,6 +110,7 @@ def _run_mkdocs(paths: SitePaths, nav: list[Any], verbose: bool = False) -> None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+    return bool(cfg.site_url)
 
 
 # -- link check of the built site -------------------------------------------------------------------
@@ -125,7 +135,7 @@ class _PageLinks:
         self.ids = {html.unescape(a or b or c) for a, b, c in _ID_RE.findall(text)}
 
 
-def check_site(build_dir: Path) -> tuple[list[str], int]:
+def check_site(build_dir: Path, site_url: str | None = None) -> tuple[list[str], int]:
     """Every internal link of every page resolves (file and #anchor); nothing is loaded from elsewhere.
 
     External links are allowed only as plain <a href="http(s)://..."> navigation; scripts, styles, images
@@ -139,9 +149,15 @@ def check_site(build_dir: Path) -> tuple[list[str], int]:
     pages = {rel: _PageLinks((build_dir / rel).read_text(encoding="utf-8"))
              for rel in sorted(f for f in files if f.endswith(".html"))}
     checked = 0
+    base = urlsplit(site_url).path.rstrip("/") + "/" if site_url else "/"
     for rel, parser in pages.items():
         for tag, url in parser.links:
             checked += 1
+            if site_url and url.startswith(site_url):  # the site's own address (canonical links): a page here
+                rest = urlsplit(url[len(site_url):])
+                path = rest.path if rest.path and not rest.path.endswith("/") else rest.path + "index.html"
+                url = posixpath.relpath("/" + path, "/" + posixpath.dirname(rel)) + (
+                    "#" + rest.fragment if rest.fragment else "")
             parts = urlsplit(url)
             scheme = parts.scheme.lower()
             if scheme in ("http", "https") or url.startswith("//"):
@@ -164,7 +180,10 @@ def check_site(build_dir: Path) -> tuple[list[str], int]:
                 if rel != "404.html":
                     problems.append(f"{rel}: absolute link {url!r} (breaks when the site is not at the server root)")
                     continue
-                target = posixpath.normpath(path.lstrip("/"))
+                if not path.startswith(base):
+                    problems.append(f"{rel}: link {url!r} is outside the site's path {base}")
+                    continue
+                target = posixpath.normpath(path[len(base):] or ".")
             else:
                 target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), path))
             if target in dirs or path.endswith("/"):

@@ -182,8 +182,13 @@ def test_catalog_text_is_escaped_in_the_built_site(kb, tmp_path):
     start = text.index("summary: >-")
     end = text.index("papers:")
     kb.write("lora.yaml", text[:start] + f"summary: '{MALICIOUS_SUMMARY}'\n" + text[end:])
-    report = build_site(kb.root, site_dir=SITE, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build")
+    report = build_site(kb.root, site_dir=SITE, docs_dir=tmp_path / "docs", build_dir=tmp_path / "build",
+                        site_url="https://example.org/peftkb/")
     page = (report.build_dir / "methods" / "lora.html").read_text(encoding="utf-8")
+    # with a site URL the sitemap lists every page under it
+    sitemap = (report.build_dir / "sitemap.xml").read_text(encoding="utf-8")
+    assert "<loc>https://example.org/peftkb/methods/lora.html</loc>" in sitemap
+    assert sitemap.count("<loc>") == len(list(report.build_dir.rglob("*.html"))) - 1  # all but 404.html
     assert "pwned" in page  # the summary is there...
     assert '<script>alert("pwned")' not in page  # ...but never as markup
     assert not re.search(r"""<img[^>]*onerror""", page)
@@ -196,8 +201,9 @@ def test_catalog_text_is_escaped_in_the_built_site(kb, tmp_path):
     # the search index holds the name as text, not markup
     index = json.loads((report.build_dir / "search" / "search_index.json").read_text(encoding="utf-8"))
     assert not any("<img src=x" in (doc.get("title", "") + doc.get("text", "")) for doc in index["docs"])
-    problems, _ = check_site(report.build_dir)
+    problems, _ = check_site(report.build_dir, site_url="https://example.org/peftkb/")
     assert problems == []
+    assert check_site(report.build_dir)[0]  # its 404 page links under /peftkb/, not the server root
 
 
 def test_template_error_fails_with_file_and_line(tmp_path, copy_site):
@@ -312,6 +318,14 @@ def test_no_character_reference_leaks_into_the_built_site(built_site):
         if parser.leaks:
             leaks[page.relative_to(built_site).as_posix()] = parser.leaks[:3]
     assert leaks == {}
+
+
+def test_no_empty_sitemap_and_a_helpful_404(built_site):
+    assert not (built_site / "sitemap.xml").exists()  # no site URL configured: nothing to list
+    page = (built_site / "404.html").read_text(encoding="utf-8")
+    for target in ("/methods/index.html", "/taxonomy/index.html", "/comparison.html"):
+        assert f'href="{target}"' in page
+    assert "search" in page
 
 
 def test_escaping_once_keeps_flags_and_code_readable(built_site):
