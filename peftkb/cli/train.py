@@ -87,7 +87,7 @@ def train(
         args = _forwarded(locals(), m.id)
         raise typer.Exit(_launch(args, num_processes, device))
 
-    from peftkb.cli.run import _config
+    from peftkb.cli.run import parse_config
     from peftkb.train.data import read, task_for, split
     from peftkb.train.loop import Options, train as run_training
 
@@ -102,8 +102,8 @@ def train(
                    gradient_checkpointing=gradient_checkpointing, seed=seed, merge=merge, resume=resume,
                    overwrite=overwrite, device=device.value, distributed=distributed.value)
     config_cls, _ = reference_impls.METHODS[m.id]
-    _config(config_cls, settings, 1)  # a bad --set fails here, before the model loads
-    result = run_training(opts, lambda total_steps: _config(config_cls, settings, total_steps))
+    # -s values are parsed and range-checked against the loaded model, before anything is written
+    result = run_training(opts, lambda total_steps, base: parse_config(m, config_cls, settings, total_steps, base))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     summary = result["summary"]

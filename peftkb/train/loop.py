@@ -79,9 +79,9 @@ def _sha256(path: Path) -> str:
 
 
 # -- the run ---------------------------------------------------------------------------------------------
-def train(opts: Options, make_config: Callable[[int], Any]) -> dict[str, Any]:
-    """Train, evaluate, save; returns the record written into peftkb-train.json. `make_config(total_steps)`
-    builds the method's config (AdaLoRA's budget schedule spans the run)."""
+def train(opts: Options, make_config: Callable[[int, Any], Any]) -> dict[str, Any]:
+    """Train, evaluate, save; returns the record written into peftkb-train.json. `make_config(total_steps,
+    model)` builds the method's config for the loaded model (AdaLoRA's budget schedule spans the run)."""
     import torch
     from accelerate import Accelerator
 
@@ -107,15 +107,11 @@ def train(opts: Options, make_config: Callable[[int], Any]) -> dict[str, Any]:
                          f"{global_batch} (batch size {opts.batch_size} x grad-accum {opts.grad_accum} x "
                          f"{world} process(es)); lower --batch-size or add rows")
     total_steps = opts.max_steps if opts.max_steps is not None else opts.epochs * steps_per_epoch
-    method_config = make_config(total_steps)
-
-    if main:
-        outdir.prepare(opts.out, resume=opts.resume, overwrite=opts.overwrite)
-    acc.wait_for_everyone()
 
     folder = models.resolve(opts.model)
     torch.manual_seed(opts.seed)  # the same initial adapter on every process
     model, tokenizer = models.load(folder, task, labels)
+    method_config = make_config(total_steps, model)
     base_keys = sorted(model.state_dict())
     heads = [p for n, p in model.named_parameters() if n.split(".")[0] in _head_names()]
     train_enc = D.encode(train_rows, tokenizer, task, labels or [], opts.seq_len)
@@ -146,6 +142,11 @@ def train(opts: Options, make_config: Callable[[int], Any]) -> dict[str, Any]:
     if hooks and opts.resume:
         raise UsageError(f"--resume: {opts.method} keeps training state outside its parameters "
                          f"({', '.join(hooks)}), which a checkpoint does not hold; start over instead")
+
+    # every input is checked: only now is anything written
+    if main:
+        outdir.prepare(opts.out, resume=opts.resume, overwrite=opts.overwrite)
+    acc.wait_for_everyone()
 
     model.to(device)
     if fsdp:

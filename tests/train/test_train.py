@@ -149,9 +149,16 @@ def test_prompt_tuning_wraps_the_model_and_loads_back(tiny_llama_dir, tmp_path):
     assert held_out_loss(loop.load(out), out)["eval_loss"] == pytest.approx(record["eval_loss"], rel=1e-6)
 
 
+def _without_impl() -> str:
+    import reference_impls
+    from peftkb.index import load_index
+
+    return next(m.id for m in load_index().methods if m.id not in reference_impls.IDS)
+
+
 @pytest.mark.parametrize("args,message", [
     (["prompt-tuning", "--merge"], "does not list prompt-tuning as mergeable"),
-    (["dora"], "no reference implementation"),
+    ([_without_impl()], "no reference implementation"),
     (["lora", "--batch-size", "40"], "fewer than one global batch"),
     (["lora", "-s", "rank=4"], "FIELD one of"),
 ])
