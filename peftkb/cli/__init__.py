@@ -28,7 +28,7 @@ from peftkb.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CatalogError, PeftkbErr
 COMMANDS: dict[str, str] = {
     "list": "catalog", "show": "catalog", "search": "catalog", "tree": "catalog", "stats": "catalog",
     "cite": "catalog", "graph": "graph", "validate": "validate", "schema": "validate", "coverage": "coverage",
-    "crosswalk": "coverage", "evidence": "evidence", "export": "export", "docs": "docs", "bench": "bench", "params": "calc",
+    "crosswalk": "coverage", "evidence": "evidence", "export": "export", "convert": "convert", "docs": "docs", "bench": "bench", "params": "calc",
     "memory": "calc", "fit": "calc", "run": "run", "train": "train",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
