@@ -15,7 +15,7 @@ The paper writes the norm "column-wise" of a (d_in, d_out) matrix; with torch's 
 is one norm per output feature (row), which is what peft computes and what this file does. Merging writes
 W' into the base weight, so inference costs nothing extra; unmerging divides the magnitude back out.
 
-Checked against: the paper §4.1 (eq. 5) and §4.3 (detached norm); peft 0.21.2 `peft/tuners/lora/dora.py`
+Checked against: the paper's eq. 5 (W' = m (W0 + B A) / ||W0 + B A||_c) and §4.3 (the detached norm); peft 0.21.2 `peft/tuners/lora/dora.py`
 (DoraLinearLayer: magnitude init, forward, and the merge in `peft/tuners/lora/layer.py`); the oracle test
 compares outputs, gradients and merged weights with peft's LoraConfig(use_dora=True).
 """

@@ -8,7 +8,7 @@ Paper:      "FedPara: Low-Rank Hadamard Product for Communication-Efficient Fede
             Shih-Ying Yeh et al., 2024 (ICLR 2024), arXiv 2309.14859.
 
 The Hadamard product of two rank-r matrices can have rank up to r², so with twice LoRA's parameters the
-update is far less rank-limited (FedPara Proposition 1). The update has no low-rank shortcut for x, so it is
+update is far less rank-limited (FedPara's rank argument). The update has no low-rank shortcut for x, so it is
 formed as a d_out × d_in matrix in every forward pass.
 
 Initialisation (peft's, after FedPara's He init): B1, A1, B2 Kaiming-uniform, A2 = 0, so ΔW = 0 and the
@@ -17,7 +17,7 @@ rank_dropout zeroes whole output rows of ΔW with probability p and rescales the
 1 / (fraction kept), and module_dropout skips the whole update of a module for a step with probability p.
 The update merges into W0.
 
-Checked against: FedPara §3 (eq. 3, W = (X1 Y1ᵀ) ⊙ (X2 Y2ᵀ)); peft 0.21.2 `peft/tuners/loha/layer.py`
+Checked against: FedPara's low-rank Hadamard product W = (X1 Y1ᵀ) ⊙ (X2 Y2ᵀ); peft 0.21.2 `peft/tuners/loha/layer.py`
 (hada_w1_a = B1, hada_w1_b = A1, hada_w2_a = B2, hada_w2_b = A2; scaling alpha / r; the two dropouts).
 Unlike peft (nn.Linear only), this also wraps GPT-2's Conv1D.
 """

@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -8,4 +8,6 @@ CASES = {
     "dora": Case(make_config("dora", r=4, alpha=8), starts_equal=True, mergeable=True),
     # A2 = 0 at init, so ΔW = (B1 A1) ⊙ (B2 A2) = 0
     "loha": Case(make_config("loha", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # r = 4 (even): the reflection vectors come in identical pairs, so H = I at init
+    "hra": Case(make_config("hra", r=4), starts_equal=True, mergeable=True),
 }
