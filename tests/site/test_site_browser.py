@@ -171,16 +171,24 @@ def test_comparison_filters_rows(page, site_url, tmp_path):
     assert page.errors == []
 
 
-def _search(page, site_url, query):
-    """Type a query into Material's search box (it reacts to key presses, not fill()); the ranked page files."""
-    page.goto(site_url + "methods/index.html")
-    page.locator("label.md-search__icon, .md-search__input").first.click()
-    page.locator("input.md-search__input").click()
-    page.keyboard.type(query, delay=20)
+def _search(page, query):
+    """Type a query into Material's search box (it reacts to key presses, not fill()); the ranked page files.
+
+    The box is emptied first (its results then clear), so each query's results are its own.
+    """
+    box = page.locator("input.md-search__input")
+    if not box.is_visible():
+        page.locator("label.md-search__icon, .md-search__input").first.click()
+    box.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Backspace")
+    page.wait_for_function("() => !document.querySelector('.md-search-result__list > li')")
+    page.keyboard.type(query, delay=15)
     page.wait_for_function(
-        "() => document.querySelector('.md-search-result__list > li')"
-        " || /No matching/.test(document.querySelector('.md-search-result__meta').textContent)")
-    page.wait_for_timeout(250)  # let the last keystroke's results replace the previous ones
+        "q => document.querySelector('input.md-search__input').value === q &&"
+        " (document.querySelector('.md-search-result__list > li')"
+        "  || /No matching/.test(document.querySelector('.md-search-result__meta').textContent))", arg=query)
+    page.wait_for_timeout(200)  # let the last keystroke's results replace the previous ones
     hrefs = page.locator(".md-search-result__list > li > a").evaluate_all("as => as.map(a => a.pathname)")
     return [h.rsplit("/", 1)[-1] for h in hrefs]
 
@@ -196,11 +204,12 @@ SEARCHES = {"lora": "lora.html", "LoRA": "lora.html", "qlora": "qlora.html", "do
 
 
 def test_search_ranks_exact_names_and_aliases_first(page, site_url):
-    ranked = {query: _search(page, site_url, query)[:3] for query in SEARCHES}
+    page.goto(site_url + "methods/index.html")
+    ranked = {query: _search(page, query)[:3] for query in SEARCHES}
     wrong = {q: r for q, r in ranked.items() if not r or r[0] != SEARCHES[q]}
     assert wrong == {}
     # Enter opens the first result: LoRA, not LoRAMoE
-    _search(page, site_url, "lora")
+    _search(page, "lora")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/methods/lora\.html"))
     assert page.errors == []
@@ -233,3 +242,26 @@ def test_assessment_plots_are_readable_in_the_dark_scheme(site_url, tmp_path):
     for fill in fills:  # WCAG contrast ratio of every plot text colour against the page
         hi, lo = sorted((_luminance(fill), light_bg), reverse=True)
         assert (hi + 0.05) / (lo + 0.05) >= 4.5, (fill, background)
+
+
+LEAK_PAGES = ("comparison.html", "methods/ln-tuning.html", "methods/xattn-tuning.html", "assessment.html",
+              "taxonomy/index.html", "taxonomy/additive/adapter-based/index.html", "methods/adapterfusion.html")
+
+
+def test_no_character_reference_shows_on_screen(page, site_url):
+    """What a reader sees (text, labels, tooltips) never holds a character reference like `&#95;`."""
+    leaks = {}
+    for path in LEAK_PAGES:
+        page.goto(site_url + path)
+        found = page.evaluate("""() => {
+            const out = [];
+            if (/&#|&amp;/.test(document.body.innerText)) out.push(document.body.innerText.match(/.{0,30}&(#|amp;).{0,20}/)[0]);
+            for (const el of document.querySelectorAll('*'))
+                for (const a of el.attributes)
+                    if (/&#|&amp;#/.test(a.value)) out.push(el.tagName + ' ' + a.name + '=' + a.value.slice(0, 60));
+            return out.slice(0, 3);
+        }""")
+        if found:
+            leaks[path] = found
+    assert leaks == {}
+    assert page.errors == []
