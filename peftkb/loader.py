@@ -21,6 +21,7 @@ from peftkb.cache import (CATALOG_DIR, IMPL_DIR, TAXONOMY_FILE, cache_enabled, c
 from peftkb.errors import CatalogError, ProblemList, did_you_mean
 from peftkb.formula import ARCH_SYMBOLS, Formula, FormulaError
 from peftkb.model import LINEAGE_KINDS, RELATION_KINDS, Catalog, Category, Method
+from peftkb.ranges import range_problems_at
 from peftkb.yamlsafe import Located, YamlProblem, dotted, load_located
 
 def load_catalog(root: Path | None = None, *, use_cache: bool = True) -> Catalog:
@@ -250,6 +251,8 @@ def _check_method(root: Path, m: Method, name: str, doc: Located, ids: set[str],
             if scope != "per_target":
                 for sym in sorted(formula.symbols() & per_target_only):
                     add(path, f"'{sym}' is only defined in per_target formulas")
+    for path, message in range_problems_at(m.hyperparameters):  # every declared range parses and is consistent
+        add(path, message)
     ref = m.implementations.reference
     if ref:
         path = ("implementations", "reference")

@@ -23,7 +23,7 @@ from torch import nn
 
 from peftkb.formula import Formula
 from peftkb.loader import find_root, load_catalog_paths
-from reference_impls import METHODS, hooks, prefix_tuning, qlora
+from reference_impls import METHODS, hooks, qlora
 from reference_impls._core import (TINY_MODELS, arch_symbols, n_bias, n_params, synthetic_batch, target_dims,
                                    tiny_model, train)
 
@@ -54,8 +54,7 @@ CASES: dict[str, Case] = {
     "full-fine-tuning": Case(make_config("full-fine-tuning"), starts_equal=True, trains_base="all"),
     "sequential-adapter": Case(make_config("sequential-adapter", bottleneck=8), starts_equal=True),
     "prompt-tuning": Case(make_config("prompt-tuning", n_virtual_tokens=8), lr=0.3),  # the paper's learning rate
-    "prefix-tuning": Case(make_config("prefix-tuning", n_virtual_tokens=4, projection_hidden=16),
-                          before_count=prefix_tuning.drop_projection),  # the catalog counts the kept prefix
+    "prefix-tuning": Case(make_config("prefix-tuning", n_virtual_tokens=4, projection_hidden=16)),
     "ia3": Case(make_config("ia3"), starts_equal=True, mergeable=True),
     "bitfit": Case(make_config("bitfit"), starts_equal=True, trains_base="bias",
                    learns_on=("tiny-bert", "tiny-gpt2")),  # Llama and T5 have no biases
@@ -136,8 +135,8 @@ def catalog_method(method_id: str):
 
 def hyperparameters(config: Any) -> dict[str, int | float]:
     """The numeric fields of a config dataclass (the symbols a formula may use)."""
-    return {k: v for k, v in dataclasses.asdict(config).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: int(v) if isinstance(v, bool) else v for k, v in dataclasses.asdict(config).items()
+            if isinstance(v, (int, float))}
 
 
 def formula_count(method_id: str, base: nn.Module, config: Any, scopes: dict[str, str] | None = None) -> int:
