@@ -124,7 +124,7 @@ def _dev_addr(raw: str) -> str:
     host, colon, port = raw.strip().rpartition(":")
     if not colon or not host or not port:
         raise UsageError(f"--dev-addr '{raw}': expected IP:PORT, e.g. 127.0.0.1:8000")
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise UsageError(f"--dev-addr '{raw}': the port must be a number from 1 to 65535")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not bare or any(c.isspace() for c in bare) or ("[" in bare or "]" in bare):

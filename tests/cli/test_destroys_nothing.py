@@ -114,7 +114,7 @@ def test_an_empty_folder_is_accepted(site_kb, tmp_path):
 
 
 @pytest.mark.parametrize("addr", ["host:99999", "127.0.0.1:0", "127.0.0.1:-1", "8000", ":8000", "127.0.0.1:http",
-                                  "[::1:8000"])
+                                  "[::1:8000", "127.0.0.1:" + "9" * 5000])
 def test_serve_refuses_an_address_it_cannot_listen_on(site_kb, tmp_path, addr):
     refused(peftkb("docs", "serve", "-a", addr, cwd=tmp_path, root=site_kb.root), says="--dev-addr")
 
