@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -7,4 +7,10 @@ CASES = {
     # r = 8 on the 32-wide models; b = 0 makes ΔW = 0 at init. lr 5e-2: with r + d_out parameters per
     # module, LoRA's 1e-2 moves tiny-bert's loss by 5 % in 30 steps, 5e-2 by 27 %
     "vera": Case(make_config("vera", r=8), starts_equal=True, mergeable=True, lr=5e-2),
+    "rslora": Case(make_config("rslora", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # PiSSA and OLoRA move part of W into A and B and freeze the rest, so the model starts equal to the base
+    # model up to float rounding. niter=None (full SVD): the init is deterministic, so the save/load test's
+    # fresh apply rebuilds the same residual W_res that the saved A and B belong to
+    "pissa": Case(make_config("pissa", r=4, alpha=4, niter=None), starts_equal=True, mergeable=True),
+    "olora": Case(make_config("olora", r=4, alpha=8), starts_equal=True, mergeable=True),
 }
