@@ -1,6 +1,7 @@
 """Calculator commands: params, memory, fit. No torch: models are read from config.json files or presets."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -66,6 +67,27 @@ def _check_compare(methods: list[Any], sets: list[str], targets: Optional[str]) 
     return notes
 
 
+PEFT_CONFIG_HELP = "A peft adapter_config.json (or its folder): count or estimate that setup (replaces METHOD, -s, -t)."
+
+
+def _from_peft_config(path: Path, method_id: Optional[str], sets: list[str], targets: Optional[str]
+                      ) -> tuple[Any, dict[str, Any], Optional[list[str] | str], str]:
+    """(method, overrides, targets, note) read from a user's peft config."""
+    from peftkb.interop.peft_import import method_of, read_peft_config, settings_of
+
+    if method_id or sets or targets:
+        raise UsageError("--peft-config gives the method and its settings: leave out METHOD, --set and --targets")
+    config = read_peft_config(path)
+    found, reason = method_of(config, index())
+    if found is None:
+        raise UsageError(f"{path}: {reason}")
+    method = _find(found)
+    overrides = settings_of(method, config)
+    chosen = overrides.pop("target_modules", None)
+    per_target = bool(method.trainable_params and method.trainable_params.per_target)
+    return method, overrides, (chosen if per_target else None), f"from {path}: {found} ({reason})"
+
+
 def _count_title(c: ParamCount) -> str:
     approx = "" if c.exact else " (approximate)"
     return (f"{c.method} on {c.model}: {c.trainable:,} trainable parameters{approx}, "
@@ -79,10 +101,19 @@ def params(
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help=TARGETS_HELP),
     compare: Optional[str] = typer.Option(None, "--compare", "-c", help="Comma-separated method ids to compare in one table."),
+    peft_config: Optional[Path] = typer.Option(None, "--peft-config", help=PEFT_CONFIG_HELP),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Count the trainable parameters of a method on a model, exactly, from the catalog formula."""
     arch = load_model(model)
+    if peft_config is not None:
+        if compare:
+            raise UsageError("--peft-config counts one setup: leave out --compare")
+        method, overrides, chosen, note = _from_peft_config(peft_config, method_id, sets, targets)
+        c = count_trainable(method, arch, overrides, targets=chosen)
+        c.notes.insert(0, note)
+        _emit_count(c, arch, fmt)
+        return
     ids = ([method_id] if method_id else []) + _split(compare)
     if not ids:
         raise UsageError("give a METHOD or --compare METHOD,METHOD,...")
@@ -101,7 +132,10 @@ def params(
              + "".join(f"\n  note: {n}" for n in notes),
              data={"model": arch.summary(), "methods": [c.to_dict() for c in counts], "notes": notes})
         return
-    c = _count(_find(ids[0]), arch, sets, targets)
+    _emit_count(_count(_find(ids[0]), arch, sets, targets), arch, fmt)
+
+
+def _emit_count(c: ParamCount, arch: Architecture, fmt: Format) -> None:
     rows = [{"scope": r.scope, "module": r.module, "role": r.role, "count": r.count, "d_in": r.d_in,
              "d_out": r.d_out, "each": r.each, "params": r.params} for r in c.rows]
     rows.append({"scope": "", "module": "total", "role": None, "count": None, "d_in": None, "d_out": None,
@@ -113,8 +147,14 @@ def params(
 
 def _estimate(method: Any, arch: Architecture, sets: list[str], targets: Optional[str], strict: bool = True,
               **kw: Any) -> tuple[ParamCount, MemoryEstimate]:
-    overrides = parse_assignments(method, sets, strict=strict)
-    count = count_trainable(method, arch, overrides, targets=_split(targets) or None)
+    """`method` is a catalog record, or (record, overrides, targets, note) read from a peft config."""
+    if isinstance(method, tuple):
+        method, overrides, chosen, note = method
+        count = count_trainable(method, arch, overrides, targets=chosen)
+        count.notes.insert(0, note)
+    else:
+        overrides = parse_assignments(method, sets, strict=strict)
+        count = count_trainable(method, arch, overrides, targets=_split(targets) or None)
     return count, estimate_memory(method, arch, count, overrides=overrides, **kw)
 
 
@@ -129,8 +169,8 @@ def _precision_label(precision: str, given: Optional[str]) -> str:
 
 
 def memory(
-    method_id: str = typer.Argument(..., metavar="METHOD", help="Method id, name or alias.",
-                                    autocompletion=complete_method_id),
+    method_id: Optional[str] = typer.Argument(None, metavar="METHOD", help="Method id, name or alias.",
+                                              autocompletion=complete_method_id),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, autocompletion=_complete_model),
     batch: int = typer.Option(1, "--batch", "-b", min=1, max=MAX_BATCH, help="Sequences per step."),
     seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
@@ -145,11 +185,17 @@ def memory(
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help=TARGETS_HELP),
     explain: bool = typer.Option(False, "--explain", help="Show the formula of every term."),
+    peft_config: Optional[Path] = typer.Option(None, "--peft-config", help=PEFT_CONFIG_HELP),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
     """Estimate the peak training memory of a method on a model, term by term."""
     arch = load_model(model)
-    count, est = _estimate(_find(method_id), arch, sets, targets, batch=batch, seq=seq, dtype=dtype.lower(),
+    source = None
+    if peft_config is not None:
+        source = _from_peft_config(peft_config, method_id, sets, targets)
+    elif method_id is None:
+        raise UsageError("give a METHOD or --peft-config PATH")
+    count, est = _estimate(source or _find(method_id), arch, sets, targets, batch=batch, seq=seq, dtype=dtype.lower(),
                            precision=precision.lower() if precision else None, optimizer=optimizer.lower(),
                            gradient_checkpointing=gradient_checkpointing,
                            quantize=quantize.lower() if quantize else None, device=device.lower(),

@@ -84,3 +84,61 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
         read_peft_config(path)
     with pytest.raises(UsageError, match="no such file"):
         read_peft_config(tmp_path / "missing")
+
+
+# -- params / memory --peft-config: every catalog method peft has, from a config peft itself wrote ---------
+def _peft_methods() -> list[str]:
+    return sorted(m.id for m in load_catalog().methods
+                  if m.implementations.peft and m.implementations.peft.config and m.trainable_params)
+
+
+#: Entries whose peft config cannot name them back: peft options that are an optimizer or a quantized base,
+#: not a config field (LoRA+, LoRA-FA, QLoRA: the config is plain LoRA) or that need a GPTQ base (QA-LoRA).
+INDISTINGUISHABLE = {"lora-plus", "lora-fa", "qlora"}
+CANNOT_BUILD = {"adamss": "peft's AdaMSS config needs scikit-learn, which the test environment does not install",
+                "loftq": "peft's LoftQ initialisation needs scipy, which the test environment does not install",
+                "xlora": "X-LoRA's catalog default has no LoRA experts (n_adapters = 0): nothing to count"}
+TINY = {"adaption-prompt": {"adapter_layers": 2}, "c3a": {"block_size": 16}, "oft": {"block_size": 4},
+        "pissa": {"r": 8}, "road": {"group_size": 16}, "shira": {"r": 4}, "vblora": {"vector_length": 16},
+        "waveft": {"n_frequency": 256}, "trainable-tokens": {"n_tokens": 2}}
+
+
+@pytest.mark.parametrize("method_id", _peft_methods())
+def test_peft_config_names_its_method_and_counts_what_peftkb_counts(method_id, catalog, tiny_llama_config, tmp_path):
+    from peftkb.calculators.architecture import load_model
+    from peftkb.calculators.params import count_trainable
+    from peftkb.interop.peft_export import build_config, peft_setup
+
+    if method_id in CANNOT_BUILD:
+        pytest.xfail(CANNOT_BUILD[method_id])
+    method = next(m for m in catalog.methods if m.id == method_id)
+    arch = load_model(str(tiny_llama_config))
+    overrides = dict(TINY.get(method_id, {}))
+    try:
+        config = build_config(peft_setup(method, arch, overrides))
+    except UsageError as exc:
+        pytest.fail(f"export cannot build {method_id}'s peft config: {exc}")
+    folder = _written_by_peft(tmp_path, config)
+    found, reason = method_of(read_peft_config(folder), catalog)
+    if method_id in INDISTINGUISHABLE:
+        assert found != method_id and reason  # said plainly, never guessed
+        return
+    assert found == method_id, reason
+    settings = settings_of(method, read_peft_config(folder))
+    targets = settings.pop("target_modules", None) if method.trainable_params.per_target else None
+    settings.pop("target_modules", None)
+    ours = count_trainable(method, arch, {**overrides, **settings}, targets=targets).trainable
+    assert ours == count_trainable(method, arch, overrides).trainable
+
+
+def test_params_and_memory_read_a_peft_config(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = _written_by_peft(tmp_path, peft.LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"]))
+    done = run_cli("params", "-m", "llama-3.2-3b", "--peft-config", str(folder), "-f", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trainable"] == 9_175_040
+    mem = run_cli("memory", "-m", "llama-3.2-3b", "--peft-config", str(folder / "adapter_config.json"))
+    assert mem.returncode == 0 and "9,175,040 trainable" in mem.stdout
+    both = run_cli("params", "lora", "-m", "llama-3.2-3b", "--peft-config", str(folder))
+    assert both.returncode == 2 and "leave out METHOD" in both.stderr
