@@ -1,7 +1,9 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
+
+LLAMA = ("tiny-llama",)
 
 CASES = {
     # r = 4 on the 32-wide models; m starts at ||W0||_c and B at 0, so the model starts unchanged
@@ -15,4 +17,7 @@ CASES = {
     # 1 / (d_out d_in) of the inverse DFT, and at 1e-2 the loss falls by less than 10% on BERT in 30 steps
     "fourierft": Case(make_config("fourierft", n_frequency=64, init_zero=True), starts_equal=True, mergeable=True,
                       lr=0.1),
+    # trainable copies of LLaMA's RMSNorms; the catalog's count (gains only) is LLaMA's (test_ln_tuning.py
+    # checks the refusal elsewhere); merge swaps the tuned copy in
+    "ln-tuning": Case(make_config("ln-tuning"), archs=LLAMA, starts_equal=True, mergeable=True),
 }
