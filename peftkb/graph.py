@@ -9,8 +9,12 @@ Relations are stored one way in the data ("dora variant_of lora"); the inverse q
 on LoRA?") are answered here by walking edges backwards, so two files can never disagree.
 
 The graph has a few hundred nodes, so breadth-first walks over dicts answer every query at once; the
-module imports neither networkx nor pydantic, which keeps `peftkb graph` as fast as `peftkb list`. It
-works on the typed catalog and on the fast index's records alike (attribute access only).
+module imports neither networkx nor pydantic at the top, which keeps `peftkb graph` as fast as `peftkb
+list`. It works on the typed catalog and on the fast index's records alike (attribute access only).
+
+`KnowledgeGraph.to_networkx()` gives the same knowledge as one networkx DiGraph (category and method
+nodes; `contains`, `placed_in` and relation edges), for analysis with networkx's algorithms; the tests
+check every walk here against networkx's ancestors and descendants on that graph.
 """
 from __future__ import annotations
 
@@ -108,6 +112,30 @@ class KnowledgeGraph:
     def edges(self) -> Iterable[Edge]:
         """Every lineage edge of the catalog."""
         return sorted(Edge(u, v, kind) for (u, v), kind in self._kinds.items())
+
+    def to_networkx(self) -> Any:
+        """The taxonomy and the lineage as one networkx DiGraph.
+
+        Nodes `cat:<id>` (kind="category") and `m:<id>` (kind="method", name, year); edges
+        cat:parent -> cat:child (kind="contains"), m:method -> cat:category (kind="placed_in") and
+        m:method -> m:target for every relation (kind = the relation, related_to included).
+        """
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for c in self.catalog.categories:
+            g.add_node(f"cat:{c.id}", kind="category", name=c.name)
+        for c in self.catalog.categories:
+            if c.parent:
+                g.add_edge(f"cat:{c.parent}", f"cat:{c.id}", kind="contains")
+        for m in self.catalog.methods:
+            g.add_node(f"m:{m.id}", kind="method", name=m.name, year=m.year)
+            g.add_edge(f"m:{m.id}", f"cat:{m.category}", kind="placed_in")
+        for m in self.catalog.methods:
+            for kind, target in relation_edges(m):
+                if not g.has_edge(f"m:{m.id}", f"m:{target}"):
+                    g.add_edge(f"m:{m.id}", f"m:{target}", kind=kind)
+        return g
 
 
 def to_mermaid(edges: list[Edge], names: dict[str, str], focus: str | None = None) -> str:
