@@ -6,6 +6,7 @@ when the command runs, so `import peftkb.cli` stays light.
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -81,6 +82,11 @@ def train(
     if m.id not in reference_impls.IDS:
         raise UsageError(f"'{m.id}' has no reference implementation; methods with one: "
                          + ", ".join(sorted(reference_impls.IDS)))
+    for name, value in (("--lr", lr), ("--eval-share", eval_share)):
+        if not math.isfinite(value):
+            raise UsageError(f"{name} {value}: must be a finite number")
+    if lr == 0:
+        raise UsageError("--lr 0: nothing would change; give a learning rate > 0")
     if merge and not (m.get("properties") or {}).get("mergeable"):
         raise UsageError(f"--merge: the catalog does not list {m.id} as mergeable")
     if launcher is Launcher.accelerate:

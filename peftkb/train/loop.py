@@ -304,7 +304,7 @@ def _step(model, optimizer, scheduler, hooks, enc, step, opts, world, rank, step
         batch = {k: v.to(device) for k, v in
                  D.collate(_rows_for(enc, step, chunk, opts, world, steps_per_epoch), pad_id).items()}
         tokens += int(batch["attention_mask"].sum())
-        torch.manual_seed(hash((opts.seed, step, chunk)) & 0xFFFF_FFFF_FFFF)
+        torch.manual_seed(((opts.seed * 1_000_003 + step) * 65_537 + chunk) % 2**63)  # per micro-batch, see above
         last = j == opts.grad_accum - 1
         if fsdp:
             model.set_requires_gradient_sync(last)
