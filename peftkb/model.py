@@ -198,9 +198,9 @@ class Relations(Strict):
         return [(kind, target) for kind in RELATION_KINDS for target in getattr(self, kind)]
 
 
-RELATION_KINDS = ("variant_of", "extends", "combines", "generalizes", "related_to")
-#: The relations that say "this method comes after its target": the target cannot be later in time.
-LINEAGE_KINDS = ("variant_of", "extends", "combines", "generalizes")
+# The relation kinds live in peftkb.query (light, no pydantic) so that the read commands and the schema
+# share one definition. LINEAGE_KINDS: the relations that say "this method comes after its target".
+from peftkb.query import LINEAGE_KINDS, RELATION_KINDS  # noqa: E402
 
 
 class PeftImpl(Strict):
