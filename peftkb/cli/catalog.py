@@ -4,6 +4,7 @@ Every one reads the fast index (`peftkb.index`: plain records from the validated
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -140,14 +141,29 @@ def list_methods(
 
 
 def show(
-    method_id: str = typer.Argument(..., metavar="ID", help="Method id, name or alias (any case).",
-                                    autocompletion=complete_method_id),
+    method_id: Optional[str] = typer.Argument(None, metavar="ID", help="Method id, name or alias (any case).",
+                                              autocompletion=complete_method_id),
+    peft_config: Optional[Path] = typer.Option(None, "--peft-config",
+                                               help="A peft adapter_config.json (or its folder): show its method."),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
-    """Show everything the knowledge base holds about one method."""
+    """Show everything the knowledge base holds about one method (or the method of a peft config)."""
     from peftkb.index import strip_none
 
     cat = index()
+    if peft_config is not None:
+        if method_id is not None:
+            raise UsageError("give an ID or --peft-config, not both")
+        from peftkb.interop.peft_import import method_of, read_peft_config
+
+        found, reason = method_of(read_peft_config(peft_config), cat)
+        if found is None:
+            raise NotFoundError(f"{peft_config}: {reason}")
+        if fmt is Format.table:
+            text(f"{peft_config}: {found} ({reason})\n")
+        method_id = found
+    elif method_id is None:
+        raise UsageError("give a method ID or --peft-config PATH")
     m = query.find_method(cat, method_id)
     record = strip_none(m)  # what model_dump(exclude_none=True) gives, without pydantic
     if fmt in (Format.json, Format.yaml):

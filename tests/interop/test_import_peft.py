@@ -142,3 +142,17 @@ def test_params_and_memory_read_a_peft_config(tmp_path):
     assert mem.returncode == 0 and "9,175,040 trainable" in mem.stdout
     both = run_cli("params", "lora", "-m", "llama-3.2-3b", "--peft-config", str(folder))
     assert both.returncode == 2 and "leave out METHOD" in both.stderr
+
+
+def test_show_names_the_method_of_a_peft_config_and_its_place_in_the_taxonomy(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = _written_by_peft(tmp_path, peft.LoraConfig(r=8, use_dora=True, target_modules=["q_proj"]))
+    done = run_cli("show", "--peft-config", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert "dora" in done.stdout.splitlines()[0] and "Reparameterized" in done.stdout
+    data = json.loads(run_cli("show", "--peft-config", str(folder), "-f", "json").stdout)
+    assert data["id"] == "dora" and data["category"].startswith("reparameterized/")
+    (tmp_path / "other.json").write_text('{"peft_type": "NOSUCH"}')
+    missing = run_cli("show", "--peft-config", str(tmp_path / "other.json"))
+    assert missing.returncode == 1 and "NOSUCH" in missing.stderr
