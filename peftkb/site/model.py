@@ -26,6 +26,7 @@ RELATION_NAMES = {"variant_of": "variant of", "extends": "extends", "combines": 
                   "generalizes": "generalises", "related_to": "related to"}
 INVERSE_RELATION_NAMES = {"variant_of": "has variant", "extends": "extended by", "combines": "combined in",
                           "generalizes": "generalised by", "related_to": "related to"}
+SOURCE_KINDS = {"paper": "the paper", "authors-code": "the authors' code", "library": "a library"}
 CONFIDENCE_TEXT = {
     "high": "confirmed from a rendering of the survey's taxonomy figure",
     "medium": "recalled from the survey's v1 figure and Section III, not checked against its text",

@@ -15,8 +15,8 @@ from peftkb.site.escape import (_finalize, _md_sep, attr_text, ext_link, fence, 
                                 md_text, mermaid_label, prose)
 from peftkb.site.formulas import count_latex, display_count_latex, formula_latex, symbol_rows
 from peftkb.site.model import (CONFIDENCE_TEXT, FLAG_NAMES, INSERTION_NAMES, INVERSE_RELATION_NAMES,
-                               OVERHEAD_NAMES, RELATION_NAMES, ROLE_NAMES, _relative, category_page,
-                               first_sentence, method_page)
+                               OVERHEAD_NAMES, RELATION_NAMES, ROLE_NAMES, SOURCE_KINDS, _relative,
+                               category_page, first_sentence, method_page)
 from peftkb.site.search import search_front_matter
 from peftkb.site.snippets import adapters_snippet, peft_snippet
 
@@ -55,13 +55,15 @@ def make_environment(templates_dir: Path) -> Environment:
         return Markup(f"[{text}]({md_url(ctx, category_page(c.id))})")
 
     env.globals.update(md_url=md_url, html_url=html_url, mlink=mlink, clink=clink, ext_link=ext_link, fence=fence,
-                       math_md=math_md, math_html=math_html, count_latex=count_latex, display_count_latex=display_count_latex, symbol_rows=symbol_rows,
+                       math_md=math_md, math_html=math_html, count_latex=count_latex,
+                       display_count_latex=display_count_latex, symbol_rows=symbol_rows,
                        peft_snippet=peft_snippet, adapters_snippet=adapters_snippet, to_bibtex=to_bibtex,
                        cite_key=cite_key, first_sentence=first_sentence, mermaid_label=mermaid_label,
                        latex=formula_latex, ROLE_NAMES=ROLE_NAMES,
                        INSERTION_NAMES=INSERTION_NAMES, OVERHEAD_NAMES=OVERHEAD_NAMES, FLAG_NAMES=FLAG_NAMES,
                        RELATION_NAMES=RELATION_NAMES, INVERSE_RELATION_NAMES=INVERSE_RELATION_NAMES,
-                       CONFIDENCE_TEXT=CONFIDENCE_TEXT, CROSSWALK_SCHEMES=CROSSWALK_SCHEMES,
+                       CONFIDENCE_TEXT=CONFIDENCE_TEXT, SOURCE_KINDS=SOURCE_KINDS,
+                       CROSSWALK_SCHEMES=CROSSWALK_SCHEMES,
                        RELATION_KINDS=RELATION_KINDS)
     env.globals["sp"] = lambda n: Markup(" " * int(n))
     env.globals["front_title"] = front_title

@@ -188,8 +188,15 @@ def _search(page, query):
         "q => document.querySelector('input.md-search__input').value === q &&"
         " (document.querySelector('.md-search-result__list > li')"
         "  || /No matching/.test(document.querySelector('.md-search-result__meta').textContent))", arg=query)
-    page.wait_for_timeout(200)  # let the last keystroke's results replace the previous ones
-    hrefs = page.locator(".md-search-result__list > li > a").evaluate_all("as => as.map(a => a.pathname)")
+    # the worker answers keystrokes in turn: read until the list has stopped changing
+    read = lambda: page.locator(".md-search-result__list > li > a").evaluate_all(  # noqa: E731
+        "as => as.map(a => a.pathname)")
+    hrefs, previous = read(), None
+    for _ in range(20):
+        if hrefs == previous:
+            break
+        page.wait_for_timeout(300)
+        previous, hrefs = hrefs, read()
     return [h.rsplit("/", 1)[-1] for h in hrefs]
 
 
@@ -255,7 +262,8 @@ def test_no_character_reference_shows_on_screen(page, site_url):
         page.goto(site_url + path)
         found = page.evaluate("""() => {
             const out = [];
-            if (/&#|&amp;/.test(document.body.innerText)) out.push(document.body.innerText.match(/.{0,30}&(#|amp;).{0,20}/)[0]);
+            const seen = document.body.innerText.match(/.{0,30}&(#|amp;).{0,20}/);
+            if (seen) out.push(seen[0]);
             for (const el of document.querySelectorAll('*'))
                 for (const a of el.attributes)
                     if (/&#|&amp;#/.test(a.value)) out.push(el.tagName + ' ' + a.name + '=' + a.value.slice(0, 60));

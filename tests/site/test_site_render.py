@@ -360,7 +360,8 @@ def test_first_sentence_does_not_stop_at_abbreviations_or_inside_brackets():
 
     assert first_sentence("Trains biases (e.g. of q and v) only. Then more.") == "Trains biases (e.g. of q and v) only."
     assert first_sentence("Follows Hu et al. in spirit. Second.") == "Follows Hu et al. in spirit."
-    assert first_sentence("Uses a mask (see Fig. 2. for details) too. Next.") == "Uses a mask (see Fig. 2. for details) too."
+    bracket = "Uses a mask (see Fig. 2. for details) too."
+    assert first_sentence(bracket + " Next.") == bracket
     assert first_sentence("One. Two.") == "One."
     long = "word " * 60
     assert first_sentence(long).endswith("…") and len(first_sentence(long)) <= 180
@@ -403,7 +404,8 @@ def test_method_pages_show_the_calculators_numbers_and_their_cli_lines(rendered)
     # LoRA with the catalog default r=8 on q and v; Llama-3.2-3B: 28 layers, q 3072->3072, v 3072->1024
     text = (rendered.docs / "methods" / "lora.md").read_text(encoding="utf-8")
     assert f"| {28 * 8 * ((3072 + 3072) + (3072 + 1024)):,} |" in text
-    assert "peftkb params lora -m llama-3.2-3b\n" in text and "peftkb memory lora -m llama-3.2-3b --batch 1 --seq 512" in text
+    assert "peftkb params lora -m llama-3.2-3b\n" in text
+    assert "peftkb memory lora -m llama-3.2-3b --batch 1 --seq 512" in text
     # every number shown is what the CLI prints for the line shown beside it
     for mid in ("lora", "ia3", "qlora", "prefix-tuning"):
         page = (rendered.docs / "methods" / f"{mid}.md").read_text(encoding="utf-8")
@@ -428,3 +430,18 @@ def test_a_calculator_error_leaves_the_numbers_out(monkeypatch, rendered):
     lora = next(m for m in rendered.catalog.methods if m.id == "lora")
     monkeypatch.setattr(params, "count_trainable", broken)
     assert Numbers().of(lora) == []
+
+
+def test_hyperparameter_defaults_show_their_source(rendered):
+    for m in rendered.catalog.methods:
+        sourced = [h for h in m.hyperparameters if h.default is not None and h.source is not None]
+        if not sourced:
+            continue
+        text = (rendered.docs / "methods" / f"{m.id}.md").read_text(encoding="utf-8")
+        for h in sourced:
+            assert str(md_text(h.source.ref)) in text, (m.id, h.name)
+            if h.source.url:
+                assert f'href="{html.escape(h.source.url)}"' in text, (m.id, h.name)
+        for h in m.hyperparameters:
+            if h.differs:
+                assert "differs: " in text, (m.id, h.name)

@@ -10,4 +10,5 @@ from peftkb.site.templating import render_template
 
 
 def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
-    return {"comparison.md": render_template(env, "comparison.md.j2", "comparison.md", model=model, catalog=model.catalog)}
+    page = "comparison.md"
+    return {page: render_template(env, "comparison.md.j2", page, model=model, catalog=model.catalog)}

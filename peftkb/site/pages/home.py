@@ -10,4 +10,5 @@ from peftkb.site.templating import render_template
 
 
 def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
-    return {"index.md": render_template(env, "home.md.j2", "index.md", model=model, catalog=model.catalog)}
+    page = "index.md"
+    return {page: render_template(env, "home.md.j2", page, model=model, catalog=model.catalog)}

@@ -10,4 +10,5 @@ from peftkb.site.templating import render_template
 
 
 def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
-    return {"methods/index.md": render_template(env, "methods.md.j2", "methods/index.md", model=model, catalog=model.catalog)}
+    page = "methods/index.md"
+    return {page: render_template(env, "methods.md.j2", page, model=model, catalog=model.catalog)}

@@ -10,4 +10,5 @@ from peftkb.site.templating import render_template
 
 
 def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
-    return {"survey.md": render_template(env, "survey.md.j2", "survey.md", model=model, catalog=model.catalog)}
+    page = "survey.md"
+    return {page: render_template(env, "survey.md.j2", page, model=model, catalog=model.catalog)}
