@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -13,4 +13,6 @@ CASES = {
     # fresh apply rebuilds the same residual W_res that the saved A and B belong to
     "pissa": Case(make_config("pissa", r=4, alpha=4, niter=None), starts_equal=True, mergeable=True),
     "olora": Case(make_config("olora", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # block_size 8 divides every d_in of the 32-wide models; Q = 0 gives R = I at init
+    "oft": Case(make_config("oft", block_size=8), starts_equal=True, mergeable=True),
 }
