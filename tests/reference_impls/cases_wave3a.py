@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -20,4 +20,6 @@ CASES = {
     # trainable copies of LLaMA's RMSNorms; the catalog's count (gains only) is LLaMA's (test_ln_tuning.py
     # checks the refusal elsewhere); merge swaps the tuned copy in
     "ln-tuning": Case(make_config("ln-tuning"), archs=LLAMA, starts_equal=True, mergeable=True),
+    # two butterfly factors of 4 x 4 blocks (8 and 16 blocks on the 32- and 64-wide inputs); R = 0, s = 1
+    "boft": Case(make_config("boft", block_size=4, n_butterfly_factor=2), starts_equal=True, mergeable=True),
 }

@@ -3,7 +3,8 @@ gradients and the same merged model.
 
 A method's test builds its model (`ours`) and peft's (`theirs`) on two copies of the same tiny model, and
 names which of our parameters is which of peft's with `link(our_layer, peft_layer)` per adapted module:
-a list of (our parameter, peft's parameter) pairs of the same shape and layout. `assert_matches_peft`
+a list of (our parameter, peft's parameter) pairs, or (ours, peft's, view) where `view` (a reshape or
+transpose) brings peft's tensor to our layout. `assert_matches_peft`
 then copies ours into peft's, and asserts, in float32:
 
 * the pairs cover every trainable parameter on both sides, so the two trainable counts are equal;
@@ -22,37 +23,43 @@ from impl_cases import batch_for, logits
 from reference_impls._core import count_trainable, merge
 
 ATOL = RTOL = 1e-5
-Link = Callable[[nn.Module, nn.Module], list[tuple[torch.Tensor, torch.Tensor]]]
+Link = Callable[[nn.Module, nn.Module], list[tuple]]
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def linked_pairs(ours: nn.Module, theirs: nn.Module, names: list[str], link: Link):
+    """(our parameter, peft's parameter, view to our layout) for every linked pair."""
     inner = theirs.base_model.model
-    return [pair for name in names for pair in link(ours.get_submodule(name), inner.get_submodule(name))]
+    pairs = [pair for name in names for pair in link(ours.get_submodule(name), inner.get_submodule(name))]
+    return [(p[0], p[1], p[2] if len(p) == 3 else _same) for p in pairs]
 
 
 def assert_matches_peft(ours: nn.Module, theirs: nn.Module, names: list[str], link: Link, *,
                         mergeable: bool) -> None:
     pairs = linked_pairs(ours, theirs, names, link)
-    for mine, peft_p in pairs:
-        assert mine.shape == peft_p.shape, (mine.shape, peft_p.shape)
+    for mine, peft_p, view in pairs:
+        assert mine.shape == view(peft_p).shape, (mine.shape, peft_p.shape)
         assert mine.requires_grad and peft_p.requires_grad
     # every trainable parameter on either side is linked exactly once
-    assert sum(p.numel() for p, _ in pairs) == count_trainable(ours) == count_trainable(theirs)
+    assert sum(p.numel() for p, _, _ in pairs) == count_trainable(ours) == count_trainable(theirs)
     assert theirs.get_nb_trainable_parameters()[0] == count_trainable(ours)
-    assert len({id(p) for p, _ in pairs}) == len({id(q) for _, q in pairs}) == len(pairs)
+    assert len({id(p) for p, _, _ in pairs}) == len({id(q) for _, q, _ in pairs}) == len(pairs)
 
     with torch.no_grad():
-        for mine, peft_p in pairs:
-            peft_p.copy_(mine)
+        for mine, peft_p, view in pairs:
+            view(peft_p).copy_(mine)
     batch = batch_for(ours)
     torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=ATOL, rtol=RTOL)
 
     for model in (ours, theirs):  # eval mode: no dropout on either side
         model.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
-    for mine, peft_p in pairs:
+    for mine, peft_p, view in pairs:
         assert mine.grad is not None and mine.grad.abs().max() > 0
-        torch.testing.assert_close(mine.grad, peft_p.grad, atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(mine.grad, view(peft_p.grad), atol=ATOL, rtol=1e-4)
 
     if mergeable:
         merged_theirs = theirs.merge_and_unload()
