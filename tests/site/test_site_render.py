@@ -445,3 +445,18 @@ def test_hyperparameter_defaults_show_their_source(rendered):
         for h in m.hyperparameters:
             if h.differs:
                 assert "differs: " in text, (m.id, h.name)
+
+
+def test_search_keys_rank_the_typed_name_above_names_it_prefixes(rendered):
+    from peftkb.site.search import search_front_matter, search_key, search_key_table, search_keys
+
+    assert search_key("LoRA+") == "loraplus" and search_key("(IA)³") == "ia3" and search_key("LoRA-FA") == "lorafa"
+    by_id = {m.id: m for m in rendered.catalog.methods}
+    width = max(len(search_keys(m)) for m in rendered.catalog.methods)
+    front = {i: search_front_matter(by_id[i], width) for i in ("lora", "lora-fa", "loramoe")}
+    assert all(len(f["tags"]) == width for f in front.values())  # one length: BM25 treats them alike
+    boost = {i: f["search"]["boost"] for i, f in front.items()}
+    assert boost["lora"] > 2 * boost["lora-fa"] and boost["lora"] > 2 * boost["loramoe"]
+    table = json.loads(search_key_table(rendered.catalog).split("=", 1)[1].rstrip(";\n"))
+    assert table["lora"] == "methods/lora.html" and table["ia3"] == "methods/ia3.html"
+    assert table["houlsbyadapter"] == "methods/sequential-adapter.html"
