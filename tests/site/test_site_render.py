@@ -401,9 +401,12 @@ def test_wide_counts_are_broken_into_lines(rendered):
 
 
 def test_method_pages_show_the_calculators_numbers_and_their_cli_lines(rendered):
-    # LoRA with the catalog default r=8 on q and v; Llama-3.2-3B: 28 layers, q 3072->3072, v 3072->1024
+    # LoRA with the catalog's default r on q and v; Llama-3.2-3B: 28 layers, q 3072->3072, v 3072->1024
+    lora = next(m for m in rendered.catalog.methods if m.id == "lora")
+    r = next(h.default for h in lora.hyperparameters if h.name == "r")
+    assert list(lora.trainable_params.targets) == ["q", "v"]
     text = (rendered.docs / "methods" / "lora.md").read_text(encoding="utf-8")
-    assert f"| {28 * 8 * ((3072 + 3072) + (3072 + 1024)):,} |" in text
+    assert f"| {28 * r * ((3072 + 3072) + (3072 + 1024)):,} |" in text
     assert "peftkb params lora -m llama-3.2-3b\n" in text
     assert "peftkb memory lora -m llama-3.2-3b --batch 1 --seq 512" in text
     # every number shown is what the CLI prints for the line shown beside it
