@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -15,4 +15,6 @@ CASES = {
     "olora": Case(make_config("olora", r=4, alpha=8), starts_equal=True, mergeable=True),
     # block_size 8 divides every d_in of the 32-wide models; Q = 0 gives R = I at init
     "oft": Case(make_config("oft", block_size=8), starts_equal=True, mergeable=True),
+    # r = 4 shards on the 32-wide models; D = 0 at init
+    "miss": Case(make_config("miss", r=4), starts_equal=True, mergeable=True),
 }
