@@ -42,13 +42,15 @@ LEGACY_VENV         := .venv-legacy
 LEGACY_PY           := $(LEGACY_VENV)/bin/python
 LEGACY_STAMP        := $(LEGACY_VENV)/.installed
 LEGACY_TRANSFORMERS := transformers==4.57.6
+# AdapterHub's adapters pins transformers~=4.57.6: it is the export oracle in this environment only.
+LEGACY_EXTRA := adapters==1.3.0
 
 .PHONY: test-legacy
 $(LEGACY_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(LEGACY_VENV)
 	$(LEGACY_PY) -m pip install --quiet --upgrade pip
 	$(LEGACY_PY) -m pip install --quiet "torch>=2.6,<2.14"
-	$(LEGACY_PY) -m pip install --quiet -e ".[impl,docs,dev]" "$(LEGACY_TRANSFORMERS)"
+	$(LEGACY_PY) -m pip install --quiet -e ".[impl,docs,dev]" "$(LEGACY_TRANSFORMERS)" "$(LEGACY_EXTRA)"
 	$(LEGACY_PY) -m pip install --quiet --no-deps $(BENCH_PACKAGES)
 	touch $(LEGACY_STAMP)
 

@@ -53,6 +53,16 @@ def _lora(values: dict[str, Any], d_model: int) -> dict[str, Any]:
     return out
 
 
+def _ia3(values: dict[str, Any], d_model: int) -> dict[str, Any]:
+    """(IA)3's l_ff rescales the FFN's inner activation: adapters puts it on the intermediate (up) output."""
+    roles = values.get("target_modules") or []
+    out: dict[str, Any] = {"attn_matrices": [ROLE_TO_MATRIX[r] for r in roles if r in ROLE_TO_MATRIX]}
+    out["selfattn_lora"] = bool(out["attn_matrices"])
+    out["intermediate_lora"] = any(r in ("up", "gate", "down") for r in roles)
+    out["output_lora"] = False
+    return out
+
+
 def _vera(values: dict[str, Any], d_model: int) -> dict[str, Any]:
     out = _lora(values, d_model)
     if values.get("d_initial") is not None:
@@ -106,7 +116,7 @@ def _unipelt(values: dict[str, Any], d_model: int) -> list[tuple[str, dict[str, 
 MAPPERS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "seq_bn": _bn, "double_seq_bn": _bn, "par_bn": _bn, "scaled_par_bn": _bn, "seq_bn_inv": _bn,
     "double_seq_bn_inv": _bn, "compacter": _compacter, "compacter++": _compacter, "prefix_tuning": _prefix,
-    "prefix_tuning_flat": _prefix, "prompt_tuning": _prompt, "lora": _lora, "dora": _lora, "ia3": _lora,
+    "prefix_tuning_flat": _prefix, "prompt_tuning": _prompt, "lora": _lora, "dora": _lora, "ia3": _ia3,
     "vera": _vera, "mtl_lora": _lora, "loreft": _reft, "noreft": _reft, "direft": _reft, "mam": _mam,
     "unipelt": _unipelt,
 }
