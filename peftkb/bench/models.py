@@ -52,6 +52,11 @@ def smollm2_dir() -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME)
+    # The weights are dequantised on load; transformers 5 still marks such a model as GGUF-quantized and
+    # refuses to save it. It is a plain float model now: drop the marks so it saves as safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
