@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -22,4 +22,7 @@ CASES = {
     "ln-tuning": Case(make_config("ln-tuning"), archs=LLAMA, starts_equal=True, mergeable=True),
     # two butterfly factors of 4 x 4 blocks (8 and 16 blocks on the 32- and 64-wide inputs); R = 0, s = 1
     "boft": Case(make_config("boft", block_size=4, n_butterfly_factor=2), starts_equal=True, mergeable=True),
+    # 8-long kernels tile every tiny-model width; zero kernels start at the base model (peft's default draws
+    # them Xavier-uniform, test_c3a.py); lr 0.1, the learning rate peft's docs suggest for C3A
+    "c3a": Case(make_config("c3a", block_size=8, init="zeros"), starts_equal=True, mergeable=True, lr=0.1),
 }
