@@ -1,6 +1,7 @@
 """`peftkb docs build` and `peftkb docs serve`: the browsable site, generated from the catalog."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,9 @@ def build(
                                          help="Folder for the built site (default: site/build). It must be new, "
                                               "empty, or a previous peftkb build: nothing else is ever replaced."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print mkdocs' progress messages."),
+    site_url: Optional[str] = typer.Option(None, "--site-url", metavar="URL",
+                                           help="Where the site will be served (https://...): fills sitemap.xml "
+                                                "and canonical links."),
 ) -> None:
     """Render site/docs from the catalog, build it with mkdocs --strict, and check every link.
 
@@ -45,9 +49,11 @@ def build(
     from peftkb.site.render import SitePaths, build_site, summarize
 
     _require_checkout("build")
+    if site_url is not None and not re.fullmatch(r"https?://[^\s/$.?#][^\s]*", site_url):
+        raise UsageError(f"--site-url must be an http(s) URL, not {site_url!r}")
     default = SitePaths.for_root(find_root().resolve()).build_dir
     target = default if output is None else _output_dir(output, default)
-    report = _build_then_move(target, lambda tmp: build_site(build_dir=tmp, verbose=verbose))
+    report = _build_then_move(target, lambda tmp: build_site(build_dir=tmp, verbose=verbose, site_url=site_url))
     text(summarize(dataclasses.replace(report, build_dir=target)))
 
 
