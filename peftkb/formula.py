@@ -190,6 +190,8 @@ def _latex(node: ast.expr) -> tuple[str, int]:
     if op == "/":
         return rf"\frac{{{left}}}{{{right}}}", 3
     if op == "//":
+        if isinstance(node.right, ast.Constant) and node.right.value == 1:  # x // 1: x rounded down
+            return rf"\left\lfloor {left} \right\rfloor", 3
         return rf"\left\lfloor \frac{{{left}}}{{{right}}} \right\rfloor", 3
     prec = _PRECEDENCE[op]
     if lp < prec:

@@ -62,6 +62,7 @@ def test_rejected_input(source):
     ("r * (d_in + d_out)", r"r \cdot \left(d_{\text{in}} + d_{\text{out}}\right)"),
     ("n_virtual_tokens * d_model", r"n_{\text{virtual tokens}} \cdot d_{\text{model}}"),
     ("n_layers * d_ff // 2", r"\left\lfloor \frac{L \cdot d_{\text{ff}}}{2} \right\rfloor"),
+    ("d_ff * density // 1", r"\left\lfloor d_{\text{ff}} \cdot \mathit{density} \right\rfloor"),  # not ⌊x/1⌋
     ("a - (b - c)", r"a - \left(b - c\right)"),
     ("alpha / r", r"\frac{\alpha}{r}"),
     ("1000 * r", r"1{,}000 \cdot r"),
