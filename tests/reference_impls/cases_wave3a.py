@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -28,4 +28,6 @@ CASES = {
     # B = 0 at init, so ΔW = W0 ⊙ (B A) = 0; lr 3e-2: the update is damped by the entries of W0 (~0.2 in the
     # tiny models), and at 1e-2 BERT's loss falls by 9.9% in 30 steps
     "hira": Case(make_config("hira", r=4), starts_equal=True, mergeable=True, lr=3e-2),
+    # r = 4 in 2 x 2 blocks of rank 2, plus a rank-2 hybrid LoRA; B = 0 at init
+    "gralora": Case(make_config("gralora", r=4, k=2, hybrid_r=2, alpha=8), starts_equal=True, mergeable=True),
 }
