@@ -32,6 +32,15 @@ def prepend(prompt: torch.Tensor, x: torch.Tensor, attention_mask: torch.Tensor 
     return x, attention_mask, labels
 
 
+def check_positions(config, n_prompt: int, n_input: int) -> None:
+    """ValueError when prompt + input is longer than the model's learned positions (BERT, GPT-2, LLaMA's
+    max_position_embeddings; T5's relative positions have no limit)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if family(config) != "t5" and limit is not None and n_prompt + n_input > limit:
+        raise ValueError(f"{n_prompt} prompt tokens + {n_input} input tokens = {n_prompt + n_input} exceed the "
+                         f"model's {limit} positions; shorten the prompt or the input")
+
+
 class PromptedModel(nn.Module):
     """Wraps an HF model; `prompt(input_ids, x, attention_mask)` gives the (B, P, d_model) vectors put in front of x."""
 
@@ -51,8 +60,9 @@ class PromptedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
         x = self.embed(input_ids)  # (B, T, d_model)
-        x, attention_mask, labels = prepend(self.prompt(input_ids, x, attention_mask), x, attention_mask, labels,
-                                            self.encoder_decoder)
+        prompt = self.prompt(input_ids, x, attention_mask)  # (B, P, d_model)
+        check_positions(self.config, prompt.shape[1], x.shape[1])
+        x, attention_mask, labels = prepend(prompt, x, attention_mask, labels, self.encoder_decoder)
         return self.model(inputs_embeds=x, attention_mask=attention_mask, labels=labels, **kwargs)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from reference_impls import prompt_tuning
 from reference_impls._core import freeze_base, train
-from reference_impls._prompts import PromptedModel, prepend, vocab_init
+from reference_impls._prompts import PromptedModel, check_positions, prepend, vocab_init
 
 
 @dataclass
@@ -76,8 +76,9 @@ class MultitaskPromptModel(PromptedModel):
         if task_ids is None:
             task_ids = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         x = self.embed(input_ids)  # (B, T, d_model)
-        x, attention_mask, labels = prepend(self.task_prompt(task_ids), x, attention_mask, labels,
-                                            self.encoder_decoder)
+        prompt = self.task_prompt(task_ids)  # (B, P, d_model)
+        check_positions(self.config, prompt.shape[1], x.shape[1])
+        x, attention_mask, labels = prepend(prompt, x, attention_mask, labels, self.encoder_decoder)
         return self.model(inputs_embeds=x, attention_mask=attention_mask, labels=labels, **kwargs)
 
 

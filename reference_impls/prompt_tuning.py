@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from reference_impls._core import family, freeze_base
+from reference_impls._prompts import check_positions
 
 
 @dataclass
@@ -55,6 +56,7 @@ class PromptTuningModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
         B, P = input_ids.shape[0], self.prompt.shape[0]
+        check_positions(self.model.config, P, input_ids.shape[1])
         x = self.model.get_input_embeddings()(input_ids)  # (B, T, d_model)
         x = torch.cat([self.prompt.expand(B, -1, -1).to(x.dtype), x], dim=1)  # (B, P+T, d_model)
         if attention_mask is not None:

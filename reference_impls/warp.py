@@ -31,7 +31,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from reference_impls._core import family, freeze_base
-from reference_impls._prompts import vocab_init
+from reference_impls._prompts import check_positions, vocab_init
 
 
 @dataclass
@@ -63,6 +63,7 @@ class WarpModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> SequenceClassifierOutput:
         B, T = input_ids.shape
+        check_positions(self.model.config, self.prompt_embeddings.shape[0] + 1, T)  # the prompt and [MASK]
         E = self.model.get_input_embeddings()
         x = E(input_ids)  # (B, T, d_model)
         mask = E(torch.full((B, 1), self.mask_token_id, device=input_ids.device))  # (B, 1, d_model)
@@ -85,5 +86,10 @@ class WarpModel(nn.Module):
 
 
 def apply(model: nn.Module, config: WarpConfig) -> nn.Module:
+    vocab = model.config.vocab_size
+    bad = [t for t in (config.mask_token_id, *config.verbalizer_token_ids) if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab} "
+                         "(set mask_token_id / verbalizer_token_ids for this tokenizer)")
     freeze_base(model)
     return WarpModel(model, config)

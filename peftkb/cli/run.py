@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import resource
 import time
 from enum import Enum
@@ -22,6 +23,46 @@ from peftkb.errors import UsageError, did_you_mean
 TINY_MODELS = ("tiny-bert", "tiny-t5", "tiny-llama", "tiny-gpt2")
 COLUMNS = ["field", "value"]
 
+#: The bundled models as `peftkb run` builds them (random init, no download): `_core.tiny_model`'s
+#: configs, widened and deepened so that every method's catalog defaults fit: 6 layers (AdapterDrop drops
+#: 5), d_model 128 (Compacter's d_model // 32 bottleneck splits into 4 PHM blocks; KronA's 32 x 32 factors
+#: divide LLaMA's grouped-query v_proj of 64), 256 positions (100 prompt tokens + the 32-token input) and
+#: a 128-token vocabulary (WARP's [MASK] id 103).
+RUN_SIZES: dict[str, dict[str, int]] = {
+    "tiny-bert": dict(hidden_size=128, num_hidden_layers=6, intermediate_size=256, vocab_size=128,
+                      max_position_embeddings=256),
+    "tiny-t5": dict(d_model=128, d_kv=32, d_ff=256, num_layers=6, num_decoder_layers=6, vocab_size=128),
+    "tiny-llama": dict(hidden_size=128, head_dim=32, num_hidden_layers=6, intermediate_size=256, vocab_size=128,
+                       max_position_embeddings=256),
+    "tiny-gpt2": dict(n_embd=128, n_layer=6, vocab_size=128, n_positions=256),
+}
+BATCH_SIZE, SEQ_LEN = 8, 32   # the synthetic task's batch
+MAX_STEPS = 100_000
+MAX_SEED = 2**63 - 1          # torch.manual_seed takes a 64-bit seed
+
+#: The bundled models each method refuses, and why (checked by tests/reference_impls/test_run_matrix.py).
+#: A method not listed runs on all four.
+UNSUPPORTED: dict[str, tuple[str, ...]] = {
+    "attention-fusion": ("tiny-t5",),
+    "autopeft": ("tiny-t5", "tiny-gpt2"),
+    "bitfit": ("tiny-t5", "tiny-llama"),          # no bias terms: nothing to train
+    "ciat": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
+    "coda": ("tiny-t5", "tiny-llama", "tiny-gpt2"),
+    "hadamard-adapter": ("tiny-t5", "tiny-llama"),
+    "kernel-mix": ("tiny-gpt2",),
+    "lst": ("tiny-t5",),
+    "s3delta-m": ("tiny-t5", "tiny-gpt2"),
+    "s4": ("tiny-t5", "tiny-gpt2"),
+    "u-s-bitfit": ("tiny-t5", "tiny-llama"),      # no bias terms: nothing to train
+    "unipelt": ("tiny-t5", "tiny-gpt2"),
+    "warp": ("tiny-t5", "tiny-llama", "tiny-gpt2"),
+    "xattn-tuning": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
+}
+
+
+def supported_models(method_id: str) -> list[str]:
+    return [name for name in TINY_MODELS if name not in UNSUPPORTED.get(method_id, ())]
+
 
 class Device(str, Enum):
     cpu = "cpu"
@@ -33,15 +74,24 @@ def run(
                                  autocompletion=complete_method_id),
     model: str = typer.Option("tiny-llama", "--model", "-m",
                               help="tiny-bert, tiny-t5, tiny-llama, tiny-gpt2, or a local Hugging Face model folder."),
-    steps: int = typer.Option(20, "--steps", "-n", min=1, help="Training steps."),
+    steps: int = typer.Option(20, "--steps", "-n", help=f"Training steps, 1 to {MAX_STEPS:,}."),
     device: Device = typer.Option(Device.cpu, "--device", help="cpu or cuda."),
-    lr: float = typer.Option(1e-2, "--lr", min=0.0, help="Adam learning rate."),
+    lr: float = typer.Option(1e-2, "--lr", help="Adam learning rate, a finite number > 0."),
     settings: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
                                        help="Override a field of the method's config, e.g. --set r=4 (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for init and data."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init and data, 0 to 2^63 - 1."),
     fmt: Format = FORMAT_OPTION,
 ) -> None:
-    """Train a method's reference implementation on a synthetic task; report parameters, loss, time, memory."""
+    """Train a method's reference implementation on a synthetic task; report parameters, loss, time, memory.
+
+    The bundled models are small random-init BERT, T5, LLaMA (grouped-query attention) and GPT-2 models
+    (6 layers, d_model 128). Most methods run on all four; these refuse some, with the reason:
+    attention-fusion, lst: not tiny-t5; autopeft, s3delta-m, s4, unipelt: tiny-bert and tiny-llama only;
+    bitfit, u-s-bitfit: tiny-bert and tiny-gpt2 (T5 and LLaMA have no biases); ciat, xattn-tuning:
+    tiny-t5 only; coda, warp: tiny-bert only; hadamard-adapter: tiny-bert and tiny-gpt2; kernel-mix: not
+    tiny-gpt2. A run that trains no parameter, or whose loss never changes, is refused (exit 2).
+    """
+    _check_options(steps, lr, seed)
     import reference_impls
 
     m = query.find_method(index(), method)  # NotFoundError, with suggestions, for an unknown method
@@ -51,25 +101,22 @@ def run(
 
     import torch
 
-    from reference_impls._core import n_params, synthetic_batch, train
+    from reference_impls._core import n_params, train
 
     if device is Device.cuda and not torch.cuda.is_available():
         raise UsageError("--device cuda, but torch sees no CUDA device")
     torch.manual_seed(seed)
-    base = _load_model(model, seed)
+    base = load_model(model, seed)
     config_cls, apply = reference_impls.METHODS[m.id]
-    config = _config(config_cls, settings, steps)
-    batch = synthetic_batch(base, batch_size=8, seq_len=32, seed=seed)
-    total = n_params(base)
-    try:
-        # methods that pick their parameters from data (Child-Tuning D, FISH, SAM, LT-SFT, ...) get the task's batch
-        wants_data = "data" in inspect.signature(apply).parameters
-        adapted = apply(base, config, data=[batch]) if wants_data else apply(base, config)
-    except (NotImplementedError, ValueError) as exc:  # e.g. prefix tuning on T5, an unknown target
-        raise UsageError(f"{m.id} on {model}: {exc}") from None
+    config = parse_config(m, config_cls, settings, steps, base)
+    total = n_params(base)  # parameters of the model as loaded, before any method packs or adds weights
+    adapted, batch = prepare_run(m.id, model, base, config, seed)
     adapted.to(device.value)
     batch = {k: v.to(device.value) for k, v in batch.items()}
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise UsageError(f"{m.id} on {describe(model, base)}: the method selects no trainable parameter on this "
+                         "model, so there is nothing to train" + _elsewhere(m.id, model))
 
     if device is Device.cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -91,7 +138,12 @@ def run(
             clock[0] = now
             progress.update(task, advance=1, loss=f"{loss:.4f}")
 
-        losses = train(adapted, batch, steps, lr, on_step=on_step, **reference_impls.hooks(m.id, adapted, config))
+        try:
+            losses = train(adapted, batch, steps, lr, on_step=on_step, **reference_impls.hooks(m.id, adapted, config))
+        except ValueError as exc:  # an input the adapted model refuses, e.g. prompt + input beyond its positions
+            raise UsageError(f"{m.id} on {describe(model, base)}: {_first_line(exc)}") from None
+    final = final_loss(adapted, batch)
+    check_losses(m.id, describe(model, base), [*losses, final])
 
     timed = times[1:] or times  # the first step pays one-off costs (allocation, lazy init)
     if device is Device.cuda:
@@ -102,7 +154,7 @@ def run(
         "method": m.id, "model": model, "device": device.value, "steps": steps,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
         "trainable_params": trainable, "base_params": total, "trainable_pct": round(100 * trainable / total, 4),
-        "loss_start": round(losses[0], 4), "loss_end": round(losses[-1], 4),
+        "loss_start": round(losses[0], 4), "loss_end": round(final, 4),
         "time_per_step_ms": round(1000 * sum(timed) / len(timed), 3),
         "peak_memory_mb": round(peak / 2**20, 1), "peak_memory_kind": kind,
     }
@@ -111,27 +163,20 @@ def run(
     emit(rows, fmt, columns=COLUMNS, title=f"peftkb run {m.id}", data=record)
 
 
-def _load_model(name: str, seed: int):
-    from reference_impls._core import FAMILIES, tiny_model
-
-    if name in TINY_MODELS:
-        return tiny_model(name, seed=seed)
-    path = Path(name)
-    if not path.is_dir():
-        raise UsageError(f"unknown model '{name}'" + did_you_mean(name, TINY_MODELS)
-                         + f"; use {', '.join(TINY_MODELS)} or a local model folder")
-    import transformers as tf
-
-    config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
-    family = FAMILIES.get(config.model_type)
-    if family is None:
-        raise UsageError(f"model type '{config.model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}")
-    cls = {"bert": tf.AutoModelForMaskedLM, "t5": tf.AutoModelForSeq2SeqLM}.get(family, tf.AutoModelForCausalLM)
-    return cls.from_pretrained(path, local_files_only=True).eval()
+# -- the one boundary: every option and --set value is checked here, before any work ------------------
+def _check_options(steps: int, lr: float, seed: int) -> None:
+    if not 1 <= steps <= MAX_STEPS:
+        raise UsageError(f"--steps {steps}: must be between 1 and {MAX_STEPS:,}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise UsageError(f"--lr {lr}: must be a finite number > 0")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed {seed}: must be between 0 and 2^63 - 1")
 
 
-def _config(config_cls: type, settings: list[str], steps: int) -> Any:
-    """The method's default config with --set overrides, each parsed as its field's type."""
+def parse_config(method: Any, config_cls: type, settings: list[str], steps: int, model: Any) -> Any:
+    """The method's default config with --set overrides, each parsed as its field's type and checked
+    against the range its catalog entry declares (on this model) or, where none is declared, against
+    the sign of its default: a count or size that defaults to a positive number must stay positive."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     values: dict[str, Any] = {}
     for item in settings:
@@ -148,13 +193,39 @@ def _config(config_cls: type, settings: list[str], steps: int) -> Any:
                 values[key] = raw.lower() in ("true", "1", "yes")
             elif isinstance(default, tuple):
                 values[key] = tuple(_atom(v.strip()) for v in raw.split(",") if v.strip())
+            elif default is None:  # optional (e.g. CIAT's bottleneck): an int, or "none"
+                values[key] = None if raw.strip().lower() == "none" else int(raw)
             else:
                 values[key] = type(default)(raw)
         except ValueError:
-            raise UsageError(f"--set {key}: '{raw}' is not a valid {type(default).__name__}") from None
+            kind = "int or none" if default is None else type(default).__name__
+            raise UsageError(f"--set {key}: '{raw}' is not a valid {kind}") from None
+        _check_value(method.id, key, values[key], default)
+    if values:
+        _check_ranges(method, values, model)
     if "total_steps" in fields and "total_steps" not in values:
         values["total_steps"] = steps  # AdaLoRA's budget schedule spans the whole run
     return config_cls(**values)
+
+
+def _check_value(method_id: str, key: str, value: Any, default: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--set {key}={value}: must be a finite number")
+    positive = isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0
+    if value < 0 and (default is None or positive or default == 0):
+        raise UsageError(f"--set {key}={value}: {method_id}'s {key} cannot be negative")
+    if value == 0 and isinstance(default, int) and not isinstance(default, bool) and default > 0:
+        raise UsageError(f"--set {key}=0: {method_id}'s {key} is a count or size and must be at least 1")
+
+
+def _check_ranges(method: Any, values: dict[str, Any], model: Any) -> None:
+    from peftkb.calculators.architecture import architecture_from_config
+    from peftkb.calculators.params import check_values
+
+    arch = architecture_from_config(model.config.to_dict(), name=getattr(model.config, "model_type", "model"))
+    check_values(method, {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, arch)
 
 
 def _atom(raw: str) -> int | str:
@@ -162,6 +233,88 @@ def _atom(raw: str) -> int | str:
         return int(raw)
     except ValueError:
         return raw
+
+
+# -- model, method and the training check ------------------------------------------------------------
+def load_model(name: str, seed: int):
+    """A bundled model at RUN_SIZES, or a local Hugging Face model folder (one clear line if unreadable)."""
+    from reference_impls._core import FAMILIES, tiny_model
+
+    if name in TINY_MODELS:
+        return tiny_model(name, seed=seed, **RUN_SIZES[name])
+    path = Path(name)
+    if not path.is_dir():
+        raise UsageError(f"unknown model '{name}'" + did_you_mean(name, TINY_MODELS)
+                         + f"; use {', '.join(TINY_MODELS)} or a local model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{config_file}: not a file; a model folder needs a Hugging Face config.json")
+    import transformers as tf
+
+    try:
+        config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{config_file}: not a readable Hugging Face config: {_first_line(exc)}") from None
+    family = FAMILIES.get(config.model_type)
+    if family is None:
+        raise UsageError(f"model type '{config.model_type}' is not supported; supported: {', '.join(sorted(FAMILIES))}")
+    cls = {"bert": tf.AutoModelForMaskedLM, "t5": tf.AutoModelForSeq2SeqLM}.get(family, tf.AutoModelForCausalLM)
+    try:
+        return cls.from_pretrained(path, local_files_only=True).eval()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise UsageError(f"{path}: cannot load the model's weights: {_first_line(exc)}") from None
+
+
+def describe(model_name: str, model: Any) -> str:
+    """'tiny-bert (bert)': the model and its architecture family."""
+    return f"{model_name} ({getattr(model.config, 'model_type', '?')})"
+
+
+def prepare_run(method_id: str, model_name: str, base: Any, config: Any, seed: int) -> tuple[Any, dict]:
+    """Apply the method to `base` and build the synthetic batch; a method that cannot adapt this model
+    (it raises ValueError or NotImplementedError) is a UsageError naming the model and its family."""
+    import reference_impls
+    from reference_impls._core import synthetic_batch
+
+    _, apply = reference_impls.METHODS[method_id]
+    batch = synthetic_batch(base, batch_size=BATCH_SIZE, seq_len=SEQ_LEN, seed=seed)
+    where = describe(model_name, base)
+    try:
+        # methods that pick their parameters from data (Child-Tuning D, FISH, SAM, LT-SFT, ...) get the task's batch
+        wants_data = "data" in inspect.signature(apply).parameters
+        adapted = apply(base, config, data=[batch]) if wants_data else apply(base, config)
+    except (NotImplementedError, ValueError) as exc:  # e.g. prefix tuning on T5, an unknown target
+        raise UsageError(f"{method_id} on {where}: {_first_line(exc)}" + _elsewhere(method_id, model_name)) from None
+    return adapted, batch
+
+
+def _elsewhere(method_id: str, model_name: str) -> str:
+    others = [n for n in supported_models(method_id) if n != model_name]
+    return f" (bundled models it runs on: {', '.join(others)})" if others and model_name in TINY_MODELS else ""
+
+
+def final_loss(model: Any, batch: dict) -> float:
+    """The task loss after the last step (the loss _core.train reports is the one before each step)."""
+    import torch
+
+    model.train()
+    with torch.no_grad():
+        loss = model(**batch).loss.item()
+    model.eval()
+    return loss
+
+
+def check_losses(method_id: str, where: str, losses: list[float]) -> None:
+    if not all(math.isfinite(x) for x in losses):
+        raise UsageError(f"{method_id} on {where}: the loss became {losses[-1]} (not finite); try a smaller --lr")
+    if len(set(losses)) == 1:
+        raise UsageError(f"{method_id} on {where}: the loss never changed ({losses[0]:.6f}) in {len(losses) - 1} "
+                         "steps, so training had no effect")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def register(app: typer.Typer) -> None:

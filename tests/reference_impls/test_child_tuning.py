@@ -56,3 +56,10 @@ def test_mode_d_updates_only_the_highest_fisher_share_and_nothing_else():
 def test_mode_d_without_data_is_an_error():
     with pytest.raises(ValueError, match="data"):
         ct.apply(fresh("tiny-llama"), ct.ChildTuningConfig(mode="D"))
+
+
+def test_mode_d_keeps_at_least_one_entry_when_the_share_rounds_to_zero():
+    """The Fisher mask keeps max(1, round(p * n)) entries: exactly one for a vanishing reserve_p."""
+    model = fresh("tiny-bert")
+    masks = ct.fisher_masks(model, [batch_for(model)], 1e-12)
+    assert sum(int(m.sum()) for m in masks.values()) == 1
