@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -20,4 +20,7 @@ CASES = {
     # r = 4: 8 bases on a 32-wide module; λ = 0 at init. alpha = 8 (scale 2), not peft's 20 r: at scale 20
     # the merge test's perturbed update moves GPT-2's logits so far that float32 rounding reaches 1.3e-4
     "randlora": Case(make_config("randlora", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # group_size 8 divides every d_out of the 32-wide models (GPT-2's fused c_attn: 96); θ = 0, α = 1 at init.
+    # lr 3e-2: with d_out parameters per module, 1e-2 moves tiny-bert's loss by 8 % in 30 steps, 3e-2 by 15 %
+    "road": Case(make_config("road", group_size=8), starts_equal=True, mergeable=True, lr=3e-2),
 }
