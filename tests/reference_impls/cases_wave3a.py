@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -30,4 +30,7 @@ CASES = {
     "hira": Case(make_config("hira", r=4), starts_equal=True, mergeable=True, lr=3e-2),
     # r = 4 in 2 x 2 blocks of rank 2, plus a rank-2 hybrid LoRA; B = 0 at init
     "gralora": Case(make_config("gralora", r=4, k=2, hybrid_r=2, alpha=8), starts_equal=True, mergeable=True),
+    # r = 4, 3 experts, A shared by both layers of a stack; zero experts start at the base model; the
+    # batch-averaged routing makes the update input-dependent, so it does not merge
+    "lily": Case(make_config("lily", r=4, stride_a=2, num_b=3), starts_equal=True),
 }

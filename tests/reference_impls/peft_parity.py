@@ -34,7 +34,11 @@ def linked_pairs(ours: nn.Module, theirs: nn.Module, names: list[str], link: Lin
     """(our parameter, peft's parameter, view to our layout) for every linked pair."""
     inner = theirs.base_model.model
     pairs = [pair for name in names for pair in link(ours.get_submodule(name), inner.get_submodule(name))]
-    return [(p[0], p[1], p[2] if len(p) == 3 else _same) for p in pairs]
+    unique: dict[int, tuple] = {}  # a parameter shared by several modules (Lily's A and B) is linked once
+    for p in pairs:
+        pair = (p[0], p[1], p[2] if len(p) == 3 else _same)
+        assert unique.setdefault(id(p[0]), pair)[1] is p[1], "one of our parameters is linked to two of peft's"
+    return list(unique.values())
 
 
 def assert_matches_peft(ours: nn.Module, theirs: nn.Module, names: list[str], link: Link, *,
