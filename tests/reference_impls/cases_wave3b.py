@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -23,4 +23,6 @@ CASES = {
     # group_size 8 divides every d_out of the 32-wide models (GPT-2's fused c_attn: 96); θ = 0, α = 1 at init.
     # lr 3e-2: with d_out parameters per module, 1e-2 moves tiny-bert's loss by 8 % in 30 steps, 3e-2 by 15 %
     "road": Case(make_config("road", group_size=8), starts_equal=True, mergeable=True, lr=3e-2),
+    # r = 2: 2 (32 + 32) = 128 of the 1024 entries of a 32 x 32 matrix; S = 0 at init
+    "shira": Case(make_config("shira", r=2), starts_equal=True, mergeable=True),
 }
