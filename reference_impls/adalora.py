@@ -32,7 +32,7 @@ from reference_impls._core import AdditiveUpdate, freeze_base, linear_dims, repl
 class AdaLoRAConfig:
     init_r: int = 12                  # initial rank of every adapted matrix
     target_r: int = 8                 # average rank kept after budget allocation
-    alpha: float = 32                 # the update is scaled by alpha / init_r
+    alpha: float = 16                 # the update is scaled by alpha / init_r (the authors' scripts: 16)
     beta1: float = 0.85               # EMA coefficient of the importance (sensitivity)
     beta2: float = 0.85               # EMA coefficient of its uncertainty
     orth_reg_weight: float = 0.5      # weight of the orthogonality regulariser on P and Q

@@ -25,7 +25,7 @@ from reference_impls._prompts import check_positions
 
 @dataclass
 class PromptTuningConfig:
-    n_virtual_tokens: int = 20             # number of soft-prompt vectors
+    n_virtual_tokens: int = 100            # number of soft-prompt vectors (the authors' gin config)
     init: str = "vocab"                    # vocab | labels | random
     init_token_ids: tuple[int, ...] = ()   # for init="labels": tokens whose embeddings start the prompt (cycled)
 

@@ -56,7 +56,7 @@ def nf4_levels_from_normal_quantiles(offset: float = 0.9677083) -> torch.Tensor:
 class QLoRAConfig:
     r: int = 64                          # LoRA rank
     alpha: float = 16                    # the update is scaled by alpha / r
-    dropout: float = 0.05                # dropout on the LoRA input
+    dropout: float = 0.1                 # dropout on the LoRA input (the authors' 7B script: 0.1)
     block_size: int = 64                 # weights per NF4 block (one absmax constant each)
     double_quant_block_size: int = 256   # first-level constants per second-level block
     target_modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # every linear layer of the blocks

@@ -2,7 +2,7 @@
 
 Equation:   h ← h + W_up f(W_down h + b_down) + b_up,   W_down ∈ R^{m × d_model}, W_up ∈ R^{d_model × m}
             applied to the output of each sublayer's last projection, before the sublayer's residual
-            connection and layer norm (paper Fig. 2); f = ReLU by default, m = bottleneck.
+            connection and layer norm (paper Fig. 2); f = GELU by default (adapter-bert's feedforward_adapter), m = bottleneck.
 Trainable:  2 * (2 * d_model * bottleneck + bottleneck + d_model) per layer   (catalog: per_layer)
 Paper:      "Parameter-Efficient Transfer Learning for NLP", Neil Houlsby et al., 2019 (ICML 2019),
             arXiv 1902.00751.
@@ -28,7 +28,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiL
 @dataclass
 class SequentialAdapterConfig:
     bottleneck: int = 64                           # m, the adapter's hidden size
-    activation: str = "relu"                       # f, between the two projections
+    activation: str = "gelu"                       # f, between the two projections (adapter-bert: gelu)
     target_modules: tuple[str, ...] = ("o", "down")  # an adapter follows each of these (attention out, FFN out)
 
 

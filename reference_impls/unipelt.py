@@ -51,7 +51,7 @@ from reference_impls.sequential_adapter import Bottleneck
 @dataclass
 class UniPELTConfig:
     r: int = 8                                   # LoRA rank
-    alpha: float = 8                             # LoRA's alpha / r, used only by gating="token" (the gate replaces it)
+    alpha: float = 2                             # LoRA's alpha / r, used only by gating="token" (the gate replaces it)
     n_virtual_tokens: int = 10                   # prefix length per layer
     reduction_factor: int = 16                   # adapter bottleneck m = d_model // reduction_factor
     prefix_projection: bool = False              # train the prefix through the reparameterisation MLP
