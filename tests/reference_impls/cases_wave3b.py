@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -25,4 +25,6 @@ CASES = {
     "road": Case(make_config("road", group_size=8), starts_equal=True, mergeable=True, lr=3e-2),
     # r = 2: 2 (32 + 32) = 128 of the 1024 entries of a 32 x 32 matrix; S = 0 at init
     "shira": Case(make_config("shira", r=2), starts_equal=True, mergeable=True),
+    # vector_length 8 divides every width of the 32-wide models; neither factor starts at zero: not starts_equal
+    "vblora": Case(make_config("vblora", r=4, num_vectors=16, vector_length=8), mergeable=True),
 }
