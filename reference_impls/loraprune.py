@@ -28,9 +28,10 @@ i and decoder block i never share an importance vector or a mask. On GPT-2 the f
 too: its q, k and v thirds each hold n_heads groups of d_head rows; each third is normalised on its own
 (as q, k, v modules are) and the three are summed, and one head's mask covers its rows in all three.
 
-Checked against: the paper §3 (the LoRA-guided criterion, Eq. for G and Î, the moving average); the
-authors' code github.com/aim-uofa/LoRAPrune (loraprune/utils.py) for the second-order term, the
-normalisation, β and the schedule. peft has no LoRAPrune. The masks are
+Checked against: the authors' code github.com/aim-uofa/LoRAPrune (loraprune/utils.py) for the estimate G
+with its second-order term, the per-module normalisation, β and the schedule (commit not recorded); the
+grouping by block path and the fused-qkv masking are this file's, checked by tests on T5 and GPT-2. The
+paper's text was not re-read in this pass. peft has no LoRAPrune. The masks are
 buffers; `training_hooks` computes importance and prunes. Init as LoRA (B = 0, masks = 1): the model
 starts equal to the base model. Mergeable: merge() folds (alpha / r) B A into W; the masks stay.
 """
