@@ -1,9 +1,10 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
 
 LLAMA = ("tiny-llama",)
+NO_BIAS = ("tiny-t5", "tiny-llama")  # linear layers without a bias
 
 CASES = {
     # r = 4 on the 32-wide models; m starts at ||W0||_c and B at 0, so the model starts unchanged
@@ -33,4 +34,7 @@ CASES = {
     # r = 4, 3 experts, A shared by both layers of a stack; zero experts start at the base model; the
     # batch-averaged routing makes the update input-dependent, so it does not merge
     "lily": Case(make_config("lily", r=4, stride_a=2, num_b=3), starts_equal=True),
+    # the catalog counts bias-free layers (A and B only); on BERT and GPT-2 the bias paths C, D, E add
+    # r (d_in + 1) + 2 per module (test_glora.py checks that count and peft on BERT)
+    "glora": Case(make_config("glora", r=4), archs=NO_BIAS, starts_equal=True, mergeable=True),
 }

@@ -64,8 +64,9 @@ def assert_matches_peft(ours: nn.Module, theirs: nn.Module, names: list[str], li
     for model in (ours, theirs):  # eval mode: no dropout on either side
         model.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
+    # some gradients may be exactly 0 (a scale on a zero bias), but not all of them
+    assert max(mine.grad.abs().max() for mine, _, _ in grad_pairs) > 0
     for mine, peft_p, view in grad_pairs:
-        assert mine.grad is not None and mine.grad.abs().max() > 0
         torch.testing.assert_close(mine.grad, view(peft_p.grad), atol=ATOL, rtol=1e-4)
 
     if mergeable:
