@@ -85,11 +85,9 @@ def run(
     """Train a method's reference implementation on a synthetic task; report parameters, loss, time, memory.
 
     The bundled models are small random-init BERT, T5, LLaMA (grouped-query attention) and GPT-2 models
-    (6 layers, d_model 128). Most methods run on all four; these refuse some, with the reason:
-    attention-fusion, lst: not tiny-t5; autopeft, s3delta-m, s4, unipelt: tiny-bert and tiny-llama only;
-    bitfit, u-s-bitfit: tiny-bert and tiny-gpt2 (T5 and LLaMA have no biases); ciat, xattn-tuning:
-    tiny-t5 only; coda, warp: tiny-bert only; hadamard-adapter: tiny-bert and tiny-gpt2; kernel-mix: not
-    tiny-gpt2. A run that trains no parameter, or whose loss never changes, is refused (exit 2).
+    (6 layers, d_model 128). Most methods run on all four; these run only on the models listed (the others
+    are refused with the reason): {SUPPORT}. A run that trains no parameter, or whose loss never changes,
+    is refused (exit 2).
     """
     _check_options(steps, lr, seed)
     import reference_impls
@@ -315,6 +313,13 @@ def check_losses(method_id: str, where: str, losses: list[float]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _support_text() -> str:
+    return "; ".join(f"{m}: {', '.join(supported_models(m))}" for m in sorted(UNSUPPORTED))
+
+
+run.__doc__ = (run.__doc__ or "").replace("{SUPPORT}", _support_text())
 
 
 def register(app: typer.Typer) -> None:
