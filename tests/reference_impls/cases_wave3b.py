@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -27,4 +27,6 @@ CASES = {
     "shira": Case(make_config("shira", r=2), starts_equal=True, mergeable=True),
     # vector_length 8 divides every width of the 32-wide models; neither factor starts at zero: not starts_equal
     "vblora": Case(make_config("vblora", r=4, num_vectors=16, vector_length=8), mergeable=True),
+    # as VeRA; z is sampled in train mode (the loss test), the mean is used in eval mode (the other tests)
+    "pvera": Case(make_config("pvera", r=8), starts_equal=True, mergeable=True, lr=5e-2),
 }
