@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -37,4 +37,7 @@ CASES = {
     # the catalog counts bias-free layers (A and B only); on BERT and GPT-2 the bias paths C, D, E add
     # r (d_in + 1) + 2 per module (test_glora.py checks that count and peft on BERT)
     "glora": Case(make_config("glora", r=4), archs=NO_BIAS, starts_equal=True, mergeable=True),
+    # LoRA's layer; training_hooks make _core.train's Adam step B with lr_ratio = 16 times the learning rate,
+    # so lr 1e-3 trains B at 1.6e-2
+    "lora-plus": Case(make_config("lora-plus", r=4, alpha=8), starts_equal=True, mergeable=True, lr=1e-3),
 }
