@@ -1,4 +1,4 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -40,4 +40,6 @@ CASES = {
     # LoRA's layer; training_hooks make _core.train's Adam step B with lr_ratio = 16 times the learning rate,
     # so lr 1e-3 trains B at 1.6e-2
     "lora-plus": Case(make_config("lora-plus", r=4, alpha=8), starts_equal=True, mergeable=True, lr=1e-3),
+    # A, B from the SVD of the gradient on the synthetic batch; W0 is offset by s B A, so the start is the base model
+    "lora-ga": Case(make_config("lora-ga", r=4, alpha=8), starts_equal=True, mergeable=True),
 }
