@@ -200,8 +200,8 @@ def check_site(build_dir: Path, site_url: str | None = None) -> tuple[list[str],
 def watched_inputs(root: Path) -> list[Path]:
     """What `peftkb docs serve` watches: a change here re-renders the pages."""
     site = root / "site"
-    return [p for p in (root / "catalog", root / "taxonomy", root / "reference_impls", site / "templates",
-                        site / "assets") if p.exists()]
+    return [p for p in (root / "catalog", root / "taxonomy", root / "reference_impls", root / "evidence",
+                        root / "benchmarks" / "results", site / "templates", site / "assets") if p.exists()]
 
 
 def _inputs_stamp(root: Path) -> tuple:

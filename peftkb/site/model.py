@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
 
 from peftkb.model import RELATION_KINDS, Catalog, Category, Method
 from peftkb.site.numbers import Numbers
+from peftkb.site.snippets import Exports
 
 # -- presentation data ------------------------------------------------------------------------------
 ROLE_NAMES = {"q": "query", "k": "key", "v": "value", "o": "attention output", "up": "FFN up",
@@ -75,6 +77,7 @@ class SiteModel:
     children: dict[str | None, list[Category]] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
     numbers: Numbers = field(default_factory=Numbers)  # trainable counts and memory on popular models
+    exports: Exports = field(default_factory=Exports)  # the peft / AdapterHub scripts of `peftkb export`
 
     def __post_init__(self) -> None:
         self.categories = {c.id: c for c in self.catalog.categories}
@@ -85,6 +88,12 @@ class SiteModel:
         for m in self.catalog.methods:
             for kind, target in m.relations.edges():
                 self._incoming.setdefault(target, []).append((kind, m.id))
+
+    @cached_property
+    def evidence(self):  # peftkb.site.evidence.Evidence: measured runs, plots, the calculator check
+        from peftkb.site import evidence
+
+        return evidence.load(self.root, self.catalog)
 
     # categories
     @property

@@ -7,6 +7,7 @@ Layout of the generated tree (site/docs/, regenerated on every build):
     api/methods.json  api/methods/<id>.json  api/taxonomy.json     (same data as the CLI's --format json)
     assets/search-keys.js                                           (method names and aliases -> pages)
     reference_impls/<file>.py                                       (copies, linked from method pages)
+    benchmarks/results/...                                          (copies of the result files evidence cites)
     assets/                                                          (site/assets: our CSS/JS, vendored libs)
 
 Each page kind has one template in site/templates/ and one small renderer beside it in peftkb/site/pages/;
@@ -98,6 +99,7 @@ def render_docs(catalog: Catalog, paths: SitePaths) -> RenderResult:
     for kind in pages.ALL:
         out.update(kind.render(env, model, paths.root))
     out["assets/search-keys.js"] = search_key_table(catalog)
+    out.update(model.evidence.files)  # the result files that provenance links point to
     for m in catalog.methods:
         source = model.reference_source(m)
         if source is not None and m.implementations.reference:
@@ -140,8 +142,7 @@ from peftkb.site.build import (BuildReport, build_site, check_site, mkdocs_confi
                                summarize, watched_inputs)
 from peftkb.site.escape import fence, md_text, mermaid_label, safe_url  # noqa: E402
 from peftkb.site.formulas import count_latex  # noqa: E402
-from peftkb.site.snippets import peft_snippet  # noqa: E402
 
 __all__ = ["BuildReport", "RenderResult", "SiteError", "SitePaths", "build_nav", "build_site", "check_site",
-           "count_latex", "fence", "make_environment", "md_text", "mermaid_label", "mkdocs_config", "peft_snippet", "render_docs",
+           "count_latex", "fence", "make_environment", "md_text", "mermaid_label", "mkdocs_config", "render_docs",
            "safe_url", "serve_site", "summarize", "watched_inputs"]

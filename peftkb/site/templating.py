@@ -18,7 +18,7 @@ from peftkb.site.model import (CONFIDENCE_TEXT, FLAG_NAMES, INSERTION_NAMES, INV
                                OVERHEAD_NAMES, RELATION_NAMES, ROLE_NAMES, SOURCE_KINDS, _relative,
                                category_page, first_sentence, method_page)
 from peftkb.site.search import search_front_matter
-from peftkb.site.snippets import adapters_snippet, peft_snippet
+from peftkb.site.evidence import local_line, local_path, provenance_label, settings_text
 
 
 class SiteError(PeftkbError):
@@ -57,7 +57,8 @@ def make_environment(templates_dir: Path) -> Environment:
     env.globals.update(md_url=md_url, html_url=html_url, mlink=mlink, clink=clink, ext_link=ext_link, fence=fence,
                        math_md=math_md, math_html=math_html, count_latex=count_latex,
                        display_count_latex=display_count_latex, symbol_rows=symbol_rows,
-                       peft_snippet=peft_snippet, adapters_snippet=adapters_snippet, to_bibtex=to_bibtex,
+                       local_path=local_path, local_line=local_line, provenance_label=provenance_label,
+                       settings_text=settings_text, to_bibtex=to_bibtex,
                        cite_key=cite_key, first_sentence=first_sentence, mermaid_label=mermaid_label,
                        latex=formula_latex, ROLE_NAMES=ROLE_NAMES,
                        INSERTION_NAMES=INSERTION_NAMES, OVERHEAD_NAMES=OVERHEAD_NAMES, FLAG_NAMES=FLAG_NAMES,

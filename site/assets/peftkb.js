@@ -1,4 +1,4 @@
-/* peftkb site: render math with the vendored KaTeX, and filter/sort the comparison table.
+/* peftkb site: render math with the vendored KaTeX, filter/sort the comparison table, pick an evidence plot.
    Plain JavaScript, no dependencies beyond the page. */
 (function () {
   "use strict";
@@ -94,6 +94,22 @@
     apply();
   }
 
+  /* Measured evidence on the Compare page: one source and setting at a time, picked with a select.
+     Without JavaScript every group stays visible (the select stays hidden). */
+  function setupEvidence(box) {
+    if (box.dataset.pkReady) return;
+    box.dataset.pkReady = "1";
+    var select = box.querySelector("select[data-evidence-select]");
+    var groups = box.querySelectorAll("[data-evidence-group]");
+    if (!select || groups.length < 2) return;
+    function show() {
+      groups.forEach(function (g) { g.hidden = g.dataset.evidenceGroup !== select.value; });
+    }
+    box.querySelector("[data-evidence-pick]").hidden = false;
+    select.addEventListener("change", show);
+    show();
+  }
+
   /* Search: when the query is exactly a method's name or alias (as a key: see search_key in the site's
      renderer), put that method first and make it the one Enter opens (Material opens the result with the
      highest data-md-score). The index already ranks exact names first; this covers aliases. */
@@ -125,6 +141,7 @@
     setupSearchOrder();
     renderMath(document.body);
     document.querySelectorAll("[data-pk-compare]").forEach(setupCompare);
+    document.querySelectorAll("[data-pk-evidence]").forEach(setupEvidence);
   }
 
   if (typeof document$ !== "undefined" && document$.subscribe) {

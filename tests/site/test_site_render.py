@@ -1,7 +1,6 @@
 """The site renderer: pages for everything, JSON API equal to the CLI's JSON, escaping, failing builds."""
 from __future__ import annotations
 
-import ast
 import html
 import html.parser
 import json
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from peftkb.cli import app
 from peftkb.loader import find_root
 from peftkb.site.render import (SiteError, build_site, check_site, count_latex, fence, md_text, mermaid_label,
-                                peft_snippet, safe_url)
+                                safe_url)
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "site"
@@ -146,28 +145,6 @@ def test_only_http_urls_are_links():
 
 def test_mermaid_labels_escape_syntax():
     assert mermaid_label('a "b" <c> #d') == "a #quot;b#quot; #lt;c#gt; #35;d"
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_peft_snippets_use_real_config_keywords(rendered):
-    peft = pytest.importorskip("peft")
-    import dataclasses
-
-    for m in rendered.catalog.methods:
-        snippet = peft_snippet(m)
-        if not snippet or "config = " not in snippet:
-            continue
-        tree = ast.parse(snippet)
-        call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-                    and n.func.id == m.implementations.peft.config)
-        cls = getattr(peft, call.func.id)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for kw in call.keywords:
-            assert kw.arg in fields, (m.id, kw.arg)
-        try:
-            cls(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})  # the snippet's config is valid
-        except ImportError:  # some configs need an optional package (e.g. AdaMSS: scikit-learn)
-            continue
 
 
 # -- building -----------------------------------------------------------------------------------------
