@@ -3,7 +3,7 @@
 Equation:   per adapted layer, with upstream modules (A_i, B_i), i = 1..N (all of rank r):
                 Â = Σ_i w_i A_i,   B̂ = Σ_i w_i B_i,   h = W0 x + (alpha / r) B̂ Â x
             (the modules' factors are averaged, as in the paper and its code, not their products B_i A_i)
-            w = argmin_w  L(few examples; w) + l1_weight · Σ_i |w_i|,   w ∈ [-1.5, 1.5]^N, from w = 0,
+            w = argmin_w  L(few examples; w) + l1_weight · (1/N) Σ_i |w_i|,   w ∈ [-1.5, 1.5]^N, from w = 0,
             minimised without gradients (the paper: nevergrad's CMA-ES, budget max_steps evaluations)
 Trainable:  n_modules in total (one weight per upstream module)     (catalog: trainable_params.total)
 Paper:      "LoraHub: Efficient Cross-Task Generalization via Dynamic LoRA Composition", Chengsong Huang
@@ -40,7 +40,7 @@ class LoraHubConfig:
     alpha: float = 32                 # their scaling alpha / r
     target_modules: tuple[str, ...] = ("q", "v")  # the layers the upstream modules adapt
     upstream: tuple[str, ...] = ()    # safetensors files of the upstream LoRAs; () = seeded random stand-ins
-    l1_weight: float = 0.05           # weight of the L1 penalty Σ|w_i| in the search objective
+    l1_weight: float = 0.05           # weight of the L1 penalty mean_i |w_i| in the search objective
     bound: float = 1.5                # each w_i is searched in [-bound, bound]
     max_steps: int = 40               # search budget (generations)
     population: int = 4               # candidates per generation (λ)
@@ -117,13 +117,14 @@ def weights(model: nn.Module) -> nn.Parameter:
 
 @torch.no_grad()
 def objective(model: nn.Module, batch: dict[str, torch.Tensor], w: torch.Tensor, l1_weight: float) -> float:
-    """L(batch; w) + l1_weight · Σ|w_i|, evaluated with the candidate weights w."""
+    """L(batch; w) + l1_weight · mean_i |w_i| (the authors' penalty: a mean, not a sum), evaluated with the
+    candidate weights w."""
     param = weights(model)
     old = param.detach().clone()
     param.copy_(w)
     loss = model(**batch).loss.item()
     param.copy_(old)
-    return loss + l1_weight * w.abs().sum().item()
+    return loss + l1_weight * w.abs().mean().item()
 
 
 class Search:

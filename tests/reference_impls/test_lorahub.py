@@ -41,7 +41,8 @@ def test_procedure_finds_weights_that_reuse_the_upstream_modules(upstream):
     assert w.abs().max() <= config.bound
     loss = model(**few_shot).loss.item()
     assert loss < 0.8 * base_loss, (base_loss, loss)  # composing the modules helps on the new task
-    assert history[-1] == pytest.approx(loss + config.l1_weight * w.abs().sum().item(), rel=1e-5)
+    # the objective's penalty is the authors' 0.05 * mean |w_i| (lorahub/algorithm.py), not a sum
+    assert history[-1] == pytest.approx(loss + config.l1_weight * sum(abs(x) for x in w.tolist()) / len(w), rel=1e-5)
 
 
 def test_composition_averages_factors_not_products(upstream):
