@@ -79,4 +79,4 @@ schema: $(STAMP)
 	$(VENV)/bin/peftkb schema --output catalog.schema.json
 
 clean:
-	rm -rf $(VENV) .peftkb-cache site/docs site/build .pytest_cache
+	rm -rf $(VENV) $(LEGACY_VENV) .peftkb-cache site/docs site/build build .pytest_cache
