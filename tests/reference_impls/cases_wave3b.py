@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, ..."""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, ..."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -29,4 +29,7 @@ CASES = {
     "vblora": Case(make_config("vblora", r=4, num_vectors=16, vector_length=8), mergeable=True),
     # as VeRA; z is sampled in train mode (the loss test), the mean is used in eval mode (the other tests)
     "pvera": Case(make_config("pvera", r=8), starts_equal=True, mergeable=True, lr=5e-2),
+    # the last 32 of the 100 ids, 17 of which occur in the synthetic batch (an untied model only trains rows
+    # that occur); the rows start as copies: starts_equal
+    "trainable-tokens": Case(make_config("trainable-tokens", n_tokens=32), starts_equal=True, mergeable=True),
 }
