@@ -1,4 +1,5 @@
-"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT, LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, ..."""
+"""Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT,
+LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, CorDA."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -42,4 +43,7 @@ CASES = {
     "lora-plus": Case(make_config("lora-plus", r=4, alpha=8), starts_equal=True, mergeable=True, lr=1e-3),
     # A, B from the SVD of the gradient on the synthetic batch; W0 is offset by s B A, so the start is the base model
     "lora-ga": Case(make_config("lora-ga", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # A, B from the covariance-oriented SVD on the synthetic batch; the residual W0 − s B A makes the start the
+    # base model
+    "corda": Case(make_config("corda", r=4, alpha=8), starts_equal=True, mergeable=True),
 }
