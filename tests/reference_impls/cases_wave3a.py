@@ -1,5 +1,5 @@
 """Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT,
-LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, CorDA."""
+LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, CorDA, BEFT."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -46,4 +46,7 @@ CASES = {
     # A, B from the covariance-oriented SVD on the synthetic batch; the residual W0 − s B A makes the start the
     # base model
     "corda": Case(make_config("corda", r=4, alpha=8), starts_equal=True, mergeable=True),
+    # a zero value-bias shift; it folds into the bias on BERT and GPT-2 and stays a vector on LLaMA and T5;
+    # lr 0.1: one d_out vector per layer learns slowly (at 3e-2 BERT's loss falls by less than 10% in 30 steps)
+    "beft": Case(make_config("beft"), starts_equal=True, mergeable=True, lr=0.1),
 }
