@@ -1,5 +1,5 @@
 """Cases for wave 3's first half (catalog ids a..lo that peft implements): DoRA, LoHa, HRA, FourierFT,
-LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, CorDA, BEFT."""
+LN Tuning, BOFT, C3A, HiRA, GraLoRA, Lily, GLoRA, LoRA+, LoRA-GA, CorDA, BEFT, DeFT."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -49,4 +49,6 @@ CASES = {
     # a zero value-bias shift; it folds into the bias on BERT and GPT-2 and stays a vector on LLaMA and T5;
     # lr 0.1: one d_out vector per layer learns slowly (at 3e-2 BERT's loss falls by less than 10% in 30 steps)
     "beft": Case(make_config("beft"), starts_equal=True, mergeable=True, lr=0.1),
+    # r = 4; R = Nᵀ W0 / s at init puts back what the projection removes, so the start is the base model
+    "deft": Case(make_config("deft", r=4), starts_equal=True, mergeable=True),
 }
