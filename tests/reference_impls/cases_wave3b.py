@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA"""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT"""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -36,4 +36,6 @@ CASES = {
     # starts_equal. lr 5e-2: one vector for the whole model; measured over 30 steps, d = 64 at 1e-2 moves the
     # loss by 2-3 %, d = 256 at 5e-2 by 22 % (tiny-bert) to 44 % (tiny-llama)
     "unilora": Case(make_config("unilora", r=4), mergeable=True, lr=5e-2),
+    # r = 4 with one encoder/decoder pair, so the residual path is exercised; B = 0 at init
+    "peanut": Case(make_config("peanut", r=4, depth=1), starts_equal=True, mergeable=True),
 }
