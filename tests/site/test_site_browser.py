@@ -188,7 +188,15 @@ def _search(page, query):
         "q => document.querySelector('input.md-search__input').value === q &&"
         " (document.querySelector('.md-search-result__list > li')"
         "  || /No matching/.test(document.querySelector('.md-search-result__meta').textContent))", arg=query)
-    # the worker answers keystrokes in turn: read until the list has stopped changing
+    # the worker answers keystrokes in turn, slower as the index grows: wait for the answer to the whole query
+    # (Material puts the query's terms in each result's ?h=), then until the list has stopped changing
+    page.wait_for_function(
+        """q => {
+            const words = s => s.toLowerCase().split(/[^\\p{L}\\p{N}]+/u).filter(Boolean).join(' ');
+            const a = document.querySelector('.md-search-result__list > li > a');
+            if (!a) return /No matching/.test(document.querySelector('.md-search-result__meta').textContent);
+            return words(new URL(a.href).searchParams.get('h') || '') === words(q);
+        }""", arg=query, timeout=30_000)
     read = lambda: page.locator(".md-search-result__list > li > a").evaluate_all(  # noqa: E731
         "as => as.map(a => a.pathname)")
     hrefs, previous = read(), None
@@ -251,7 +259,39 @@ def test_assessment_plots_are_readable_in_the_dark_scheme(site_url, tmp_path):
         assert (hi + 0.05) / (lo + 0.05) >= 4.5, (fill, background)
 
 
-LEAK_PAGES = ("comparison.html", "methods/ln-tuning.html", "methods/xattn-tuning.html", "assessment.html",
+def test_evidence_plots_pick_a_source_and_read_in_the_dark_scheme(site_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(site_url + "comparison.html#measured-evidence")
+        groups = page.locator("[data-evidence-group]")
+        keys = groups.evaluate_all("gs => gs.map(g => g.dataset.evidenceGroup)")
+        assert len(keys) >= 2
+        select = page.locator("select[data-evidence-select]")
+        assert select.is_visible()
+        visible = lambda: [k for k, g in zip(keys, groups.all()) if g.is_visible()]  # noqa: E731
+        assert visible() == [keys[0]]  # one source at a time, the published runs first
+        select.select_option(keys[-1])
+        assert visible() == [keys[-1]]
+        shown = page.locator(f'[data-evidence-group="{keys[-1]}"] .pk-plot svg')
+        assert shown.count() == 2 and shown.first.locator("circle.pk-front").count() >= 1
+        fills = set(shown.first.locator("text").evaluate_all("ts => ts.map(t => getComputedStyle(t).fill)"))
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        page.screenshot(path=str(tmp_path / "evidence-dark.png"), full_page=True)
+        context.close()
+        browser.close()
+    assert errors == []
+    for fill in fills:  # every plot text (axes, labels of the front) readable on the dark page
+        hi, lo = sorted((_luminance(fill), _luminance(background)), reverse=True)
+        assert (hi + 0.05) / (lo + 0.05) >= 4.5, (fill, background)
+
+
+LEAK_PAGES = ("comparison.html", "methods/lora.html", "methods/ln-tuning.html", "methods/xattn-tuning.html", "assessment.html",
               "taxonomy/index.html", "taxonomy/additive/adapter-based/index.html", "methods/adapterfusion.html")
 
 
