@@ -5,7 +5,7 @@ Equation:   h = s ⊙ (W0 Mᵀ x) + b,   M = F_m ⋯ F_2 F_1,   F_i = P_i diag(Q
             R_ij ∈ R^{b × b} trainable, P_i fixed butterfly permutations (P_1 = I), s ∈ R^{d_out} trainable
 Trainable:  n_butterfly_factor * block_size * d_in + d_out per targeted module   (catalog: per_target; m factors
             of D = d_in / b blocks of b × b, plus the output scale s)
-Paper:      "Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization", Weiyang Liu et al., 2023
+Paper:      "Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization", Weiyang Liu et al., 2024
             (ICLR 2024), arXiv 2311.06243.
 
 Orthogonal fine-tuning rotates the input space of a frozen weight, which keeps the angles between its rows

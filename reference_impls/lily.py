@@ -4,9 +4,9 @@ Equation:   z = A_g x ∈ R^r,   p = mean over the batch's tokens of softmax(R_l
             h = W0 x + s z (Σ_e p_e B_e),   A_g ∈ R^{r × d_in},  R_l ∈ R^{num_b × r},  B_e ∈ R^{r × d_out}
             A_g is shared by stride_a adjacent layers, the experts B_1..B_num_b by all layers of one module type,
             the router R_l is each layer's own
-Trainable:  r * d_in * ceil(n_layers / stride_a) / n_layers + num_b * r + num_b * r * d_out / n_layers per target
-            (catalog: trainable_params.per_target; summed over one role's n_layers modules: ceil(n_layers /
-            stride_a) A's, n_layers routers and one set of experts)
+Trainable:  r * d_in * ((n_layers + stride_a - 1) // stride_a) / n_layers + num_b * r + num_b * r * d_out / n_layers
+            per targeted module (catalog: trainable_params.per_target; summed over one role's n_layers modules:
+            ceil(n_layers / stride_a) A's, n_layers routers and one set of experts)
 Paper:      "Low-Rank Interconnected Adaptation across Layers", Yibo Zhong et al., 2025 (Findings of ACL 2025),
             arXiv 2407.09946.
 
