@@ -27,7 +27,9 @@ COLUMNS = ["field", "value"]
 #: configs, widened and deepened so that every method's catalog defaults fit: 6 layers (AdapterDrop drops
 #: 5), d_model 128 (Compacter's d_model // 32 bottleneck splits into 4 PHM blocks; KronA's 32 x 32 factors
 #: divide LLaMA's grouped-query v_proj of 64), 256 positions (100 prompt tokens + the 32-token input) and
-#: a 128-token vocabulary (WARP's [MASK] id 103).
+#: a 128-token vocabulary (WARP's [MASK] id 103). Not covered: defaults that need widths in multiples of
+#: 256 (C3A's block_size, VB-LoRA's vector_length); a 256-wide model made the matrix test too slow and
+#: GPT-2's 0.2 init too unstable at lr 1e-2, so those defaults are the catalog's to revisit.
 RUN_SIZES: dict[str, dict[str, int]] = {
     "tiny-bert": dict(hidden_size=128, num_hidden_layers=6, intermediate_size=256, vocab_size=128,
                       max_position_embeddings=256),
@@ -44,13 +46,18 @@ MAX_SEED = 2**63 - 1          # torch.manual_seed takes a 64-bit seed
 #: A method not listed runs on all four.
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "attention-fusion": ("tiny-t5",),
+    "c3a": TINY_MODELS,                # block_size 256 must divide d_in and d_out (all 128 here)
+    "trainable-tokens": TINY_MODELS,   # no token is selected by default
+    "vblora": TINY_MODELS,             # vector_length 256 must divide d_in and d_out
     "autopeft": ("tiny-t5", "tiny-gpt2"),
     "bitfit": ("tiny-t5", "tiny-llama"),          # no bias terms: nothing to train
     "ciat": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
     "coda": ("tiny-t5", "tiny-llama", "tiny-gpt2"),
     "hadamard-adapter": ("tiny-t5", "tiny-llama"),
     "kernel-mix": ("tiny-gpt2",),
+    "ln-tuning": ("tiny-bert", "tiny-t5", "tiny-gpt2"),   # LLaMA's RMSNorm gains
     "lst": ("tiny-t5",),
+    "pissa": ("tiny-llama",),   # r = 128 exceeds the grouped-query k/v width 64
     "s3delta-m": ("tiny-t5", "tiny-gpt2"),
     "s4": ("tiny-t5", "tiny-gpt2"),
     "u-s-bitfit": ("tiny-t5", "tiny-llama"),      # no bias terms: nothing to train
@@ -316,7 +323,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _support_text() -> str:
-    return "; ".join(f"{m}: {', '.join(supported_models(m))}" for m in sorted(UNSUPPORTED))
+    return "; ".join(f"{m}: {', '.join(supported_models(m)) or 'none with its defaults'}" for m in sorted(UNSUPPORTED))
 
 
 run.__doc__ = (run.__doc__ or "").replace("{SUPPORT}", _support_text())

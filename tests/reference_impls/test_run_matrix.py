@@ -82,7 +82,19 @@ def test_cell_trains_or_is_refused_with_the_reason(method_id, model):
     assert record["trainable_params"] == formula_count(method_id, base, config)
 
 
+#: methods whose catalog defaults fit no bundled model (reported to the catalog's owners); the cells
+#: above still check that each refusal is a clean exit 2 naming the architecture
+NO_MODEL_WITH_DEFAULTS = {
+    "c3a": "block_size 256 must divide every adapted width; the bundled models are 128 wide",
+    "vblora": "vector_length 256 must divide every adapted width; the bundled models are 128 wide",
+    "trainable-tokens": "no token is selected by default (n_tokens / token_indices unset)",
+}
+
+
 def test_every_method_runs_on_a_bundled_model_and_refusals_name_real_methods():
     assert set(run_cli.UNSUPPORTED) <= set(reference_impls.IDS)
     for method_id in reference_impls.IDS:
-        assert run_cli.supported_models(method_id), f"{method_id} runs on no bundled model"
+        if method_id in NO_MODEL_WITH_DEFAULTS:
+            assert not run_cli.supported_models(method_id), f"{method_id} runs now: drop it from the list"
+        else:
+            assert run_cli.supported_models(method_id), f"{method_id} runs on no bundled model"
