@@ -73,6 +73,10 @@ class Evidence:
     def of(self, method_id: str) -> list[Measurement]:
         return self.by_method.get(method_id, [])
 
+    def settings_of(self, method_id: str) -> list[tuple[str, str, str, str]]:
+        """The distinct (source, model, task, memory kind) of a method's runs, in table order."""
+        return list(dict.fromkeys((m.source, m.model, m.task, m.memory_kind) for m in self.of(method_id)))
+
 
 def load(root: Path, catalog: Catalog) -> Evidence:
     every = measurements(root, catalog)
@@ -107,11 +111,12 @@ def local_line(provenance: str) -> int | None:
 
 
 def provenance_label(provenance: str) -> str:
-    """A short name for a provenance link: `file.json @ commit` for a URL at a pinned commit, else `path`."""
-    found = re.search(r"/blob/([0-9a-f]{7})[0-9a-f]*/(?:.*/)?([^/]+)$", provenance)
+    """A short name for a provenance link: `JSON @ 5d602fd` for a file at a pinned commit, else the file name."""
+    found = re.search(r"/blob/([0-9a-f]{7})[0-9a-f]*/(?:.*/)?[^/]+\.([A-Za-z0-9]+)$", provenance)
     if found:
-        return f"{found.group(2)} @ {found.group(1)}"
-    return local_path(provenance) or provenance
+        return f"{found.group(2).upper()} @ {found.group(1)}"
+    path = local_path(provenance)
+    return path.rsplit("/", 1)[-1] if path else provenance
 
 
 def settings_text(settings: dict[str, Any]) -> str:

@@ -162,7 +162,9 @@ def test_evidence_text_is_escaped_once(monkeypatch, rendered):
     row = next(line for line in section.splitlines() if "50.0" in html.unescape(line))
     assert "<img" not in row and "**" not in row and "javascript:" not in row and "](" not in row
     assert row.count(" | ") == 5  # six cells: no pipe from the data splits the row
-    assert html.unescape(re.sub(r"<[^>]+>", "", row)).count(evil) >= 4  # the reader sees the text as written
+    assert html.unescape(re.sub(r"<[^>]+>", "", row)).count(evil) == 3  # model, run, settings: as written
+    assert "<img" not in section and "javascript:" not in section  # nor in the settings listed under the table
+    assert html.unescape(section).count(evil) == 6  # ...where the task and memory kind are named once
 
 
 # -- the Compare page -------------------------------------------------------------------------------
