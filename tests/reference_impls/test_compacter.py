@@ -54,3 +54,17 @@ def test_count_is_n_cubed_plus_per_block_factors_and_biases():
 def test_phm_dim_must_divide_the_projection_sizes():
     with pytest.raises(ValueError, match="phm_dim"):
         cp.apply(fresh("tiny-bert"), cp.CompacterConfig(phm_dim=3, reduction_factor=4))
+
+
+def test_adapter_adds_the_phm_bottleneck_to_the_sublayer_output():
+    """h = base(x); out = h + U f(D h), with U and D the PHM weights (U made non-zero)."""
+    rule = cp.PHMRule(4)
+    layer = cp.CompacterAdapter(torch.nn.Linear(16, 32), 8, rule, "gelu")
+    with torch.no_grad():
+        layer.up.s.normal_()
+        layer.up.t.normal_()
+        layer.up.b.normal_()
+    x = torch.randn(2, 3, 16)
+    h = layer.base(x)
+    z = torch.nn.functional.gelu(h @ layer.down.weight().T + layer.down.b)  # (2, 3, 8)
+    torch.testing.assert_close(layer(x), h + z @ layer.up.weight().T + layer.up.b, atol=1e-5, rtol=1e-5)

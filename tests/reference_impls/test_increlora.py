@@ -104,3 +104,10 @@ def test_update_is_scaled_by_alpha_over_the_current_rank():
         layer.grow(2, keep_reserve=False)
         assert layer.rank == 3
         torch.testing.assert_close(layer.delta_weight(), explicit(), atol=1e-6, rtol=1e-5)
+
+
+def test_factors_start_as_the_authors_small_gaussian():
+    """A, B ~ N(0, 0.02²) (the authors' init; E = 0 keeps the update at zero)."""
+    layer = increlora.IncreLoRALinear(torch.nn.Linear(256, 256), init_r=2, cap=64, add_r=2, alpha=8, advance_learn=True)
+    assert abs(layer.A.std().item() - 0.02) < 0.001 and abs(layer.B.std().item() - 0.02) < 0.001
+    assert layer.E.abs().sum() == 0

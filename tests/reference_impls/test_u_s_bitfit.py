@@ -67,3 +67,10 @@ def test_only_kept_biases_change_and_bias_free_models_train_nothing():
     assert all(us.is_bias(name) for name, changed in moved.items() if changed)
     assert sum(map(len, moved.values())) > 0
     assert count_trainable(us.apply(fresh("tiny-llama"), S)) == 0
+
+
+def test_s_bitfit_keeps_a_vector_that_exactly_fills_the_budget():
+    """Whole vectors are kept while used + n <= k: a 4-entry vector fits a budget of exactly 4."""
+    scores = {"a.bias": torch.tensor([3.0, 3.0, 3.0, 3.0]), "b.bias": torch.tensor([1.0, 1.0, 1.0, 1.0])}
+    kept = us.select(scores, us.USBitFitConfig(mode="structured", keep_ratio=0.5))  # k = 8 * 0.5 = 4
+    assert set(kept) == {"a.bias"} and kept["a.bias"].tolist() == [0, 1, 2, 3]
