@@ -4,17 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from peftkb.model import RELATION_KINDS, Catalog, Category, Method
 from peftkb.site.numbers import Numbers
 from peftkb.site.snippets import Exports
 
+if TYPE_CHECKING:
+    from peftkb.site.evidence import Evidence
+
 # -- presentation data ------------------------------------------------------------------------------
 ROLE_NAMES = {"q": "query", "k": "key", "v": "value", "o": "attention output", "up": "FFN up",
               "gate": "FFN gate", "down": "FFN down"}
-ROLE_MODULES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "up": "up_proj",
-                "gate": "gate_proj", "down": "down_proj"}
 INSERTION_NAMES = {"attention": "attention", "ffn": "feed-forward", "embeddings": "embeddings",
                    "layernorm": "layer norm", "input": "input", "output": "output", "all": "all weights",
                    "cross-attention": "cross-attention"}
@@ -90,7 +92,8 @@ class SiteModel:
                 self._incoming.setdefault(target, []).append((kind, m.id))
 
     @cached_property
-    def evidence(self):  # peftkb.site.evidence.Evidence: measured runs, plots, the calculator check
+    def evidence(self) -> Evidence:
+        """Measured runs per method, the Compare page's plots and the calculator check (loaded once)."""
         from peftkb.site import evidence
 
         return evidence.load(self.root, self.catalog)
