@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT"""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT, OSF"""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -41,4 +41,6 @@ CASES = {
     # r = 8 on the 32-wide models; Q = 0, a = b = 1 give R = I at init. lr 5e-2: with r(r - 1)/2 + 2r
     # parameters per module, r = 4 at 1e-2 moves GPT-2's loss by 4 % in 30 steps, r = 8 at 5e-2 by 27 %
     "psoft": Case(make_config("psoft", r=8, alpha=8), starts_equal=True, mergeable=True, lr=5e-2),
+    # the default split (half of each matrix trained); the trained factors start at the SVD's: starts_equal
+    "osf": Case(make_config("osf"), starts_equal=True, mergeable=True),
 }
