@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT, OSF"""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT, OSF, TinyLoRA"""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -43,4 +43,7 @@ CASES = {
     "psoft": Case(make_config("psoft", r=8, alpha=8), starts_equal=True, mergeable=True, lr=5e-2),
     # the default split (half of each matrix trained); the trained factors start at the SVD's: starts_equal
     "osf": Case(make_config("osf"), starts_equal=True, mergeable=True),
+    # u = 16 per module (weight_tying 0, the case the catalog formula counts); v = 0 at init. lr 5e-2: 16
+    # numbers per module; measured over 30 steps at 5e-2 the loss drops by 16 % (GPT-2) to 28 % (T5)
+    "tinylora": Case(make_config("tinylora", r=4, u=16), starts_equal=True, mergeable=True, lr=5e-2),
 }
