@@ -1,4 +1,4 @@
-"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT, OSF, TinyLoRA"""
+"""Cases for wave 3's second half (catalog ids after lora that peft implements): VeRA, rsLoRA, PiSSA, OLoRA, OFT, MiSS, RandLoRA, RoAd, SHiRA, VB-LoRA, PVeRA, Trainable Tokens, Uni-LoRA, PEANuT, PSOFT, OSF, TinyLoRA, WaveFT"""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -46,4 +46,6 @@ CASES = {
     # u = 16 per module (weight_tying 0, the case the catalog formula counts); v = 0 at init. lr 5e-2: 16
     # numbers per module; measured over 30 steps at 5e-2 the loss drops by 16 % (GPT-2) to 28 % (T5)
     "tinylora": Case(make_config("tinylora", r=4, u=16), starts_equal=True, mergeable=True, lr=5e-2),
+    # 64 coefficients per module (of 512 to 1024 entries); C = 0 at init
+    "waveft": Case(make_config("waveft", n_frequency=64), starts_equal=True, mergeable=True),
 }
