@@ -24,7 +24,7 @@ def test_grouping_is_balanced_and_seeded():
 
 
 def test_factors_read_the_one_vector_and_the_projection_is_an_isometry():
-    _, model, config = prepare("unilora", "tiny-llama")
+    _, model, _ = prepare("unilora", "tiny-llama", config=unilora.UniLoRAConfig(r=4, theta_d_length=64))
     layers = _layers(model)
     theta = layers[0].theta
     assert all(m.theta is theta for m in layers) and count_trainable(model) == 64
