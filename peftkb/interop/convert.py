@@ -5,6 +5,8 @@ are renamed (and, where the layouts differ, reshaped) one to one:
 
     method          reference tensor (module M)     peft tensor (saved adapter)                 layout
     lora            M.A (r, d_in), M.B (d_out, r)    M.lora_A.weight, M.lora_B.weight            same
+    dora            M.A, M.B as LoRA, M.m (d_out,)   ... and M.lora_magnitude_vector (d_out,)     same
+    loha            M.B1, M.A1, M.B2, M.A2           M.hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b same
     adalora         M.Q (r, d_in), M.P (d_out, r),   M.lora_A, M.lora_B, M.lora_E (r, 1)          Λ as a column
                     M.Lambda (r,)
     ia3             M.l (n,)                         M.ia3_l: (d_out, 1), or (1, d_in) for a      a column or a row
@@ -28,7 +30,8 @@ from typing import Any
 
 from peftkb.errors import UsageError
 
-SUPPORTED = ("lora", "adalora", "ia3", "prompt-tuning", "prefix-tuning")
+SUPPORTED = ("lora", "dora", "loha", "adalora", "ia3", "prompt-tuning", "prefix-tuning")
+LOHA_NAMES = {"B1": "hada_w1_a", "A1": "hada_w1_b", "B2": "hada_w2_a", "A2": "hada_w2_b"}
 PREFIX = "base_model.model."
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM", "feature-extraction": "FEATURE_EXTRACTION"}
 RUN_MARKER, RUN_ADAPTER = "peftkb-train.json", "adapter.safetensors"
@@ -46,8 +49,12 @@ def to_peft_tensors(method: str, state: dict[str, Any], feedforward: set[str] = 
     out: dict[str, Any] = {}
     for key, tensor in state.items():
         module, leaf = _split(key)
-        if method == "lora" and leaf in ("A", "B"):
+        if method in ("lora", "dora") and leaf in ("A", "B"):
             out[f"{PREFIX}{module}.lora_{leaf}.weight"] = tensor
+        elif method == "dora" and leaf == "m":
+            out[f"{PREFIX}{module}.lora_magnitude_vector"] = tensor
+        elif method == "loha" and leaf in LOHA_NAMES:
+            out[f"{PREFIX}{module}.{LOHA_NAMES[leaf]}"] = tensor
         elif method == "adalora" and leaf in ("Q", "P", "Lambda"):
             name = {"Q": "lora_A", "P": "lora_B", "Lambda": "lora_E"}[leaf]
             out[f"{PREFIX}{module}.{name}"] = tensor.reshape(-1, 1) if leaf == "Lambda" else tensor
@@ -73,9 +80,13 @@ def from_peft_tensors(method: str, state: dict[str, Any]) -> dict[str, Any]:
         if not key.startswith(PREFIX):
             raise UsageError(f"{method}: unexpected tensor '{key}' in the peft adapter")
         module, leaf = _split(key[len(PREFIX):])
-        if method == "lora" and leaf == "weight" and module.endswith((".lora_A", ".lora_B")):
+        if method in ("lora", "dora") and leaf == "weight" and module.endswith((".lora_A", ".lora_B")):
             owner, _, part = module.rpartition(".")
             out[f"{owner}.{part[-1]}"] = tensor
+        elif method == "dora" and leaf == "lora_magnitude_vector":
+            out[f"{module}.m"] = tensor
+        elif method == "loha" and leaf in LOHA_NAMES.values():
+            out[f"{module}.{ {v: k for k, v in LOHA_NAMES.items()}[leaf] }"] = tensor
         elif method == "adalora" and leaf in ("lora_A", "lora_B", "lora_E"):
             out[f"{module}.{ {'lora_A': 'Q', 'lora_B': 'P', 'lora_E': 'Lambda'}[leaf] }"] = (
                 tensor.reshape(-1) if leaf == "lora_E" else tensor)
@@ -99,6 +110,13 @@ def peft_config_of(method: str, config: dict[str, Any], state: dict[str, Any], t
     if method == "lora":
         return {"peft_type": "LORA", "task_type": task_type, "r": config["r"], "lora_alpha": config["alpha"],
                 "lora_dropout": config.get("dropout", 0.0), "target_modules": modules}
+    if method == "dora":
+        return {"peft_type": "LORA", "task_type": task_type, "r": config["r"], "lora_alpha": config["alpha"],
+                "use_dora": True, "target_modules": modules}
+    if method == "loha":
+        return {"peft_type": "LOHA", "task_type": task_type, "r": config["r"], "alpha": config["alpha"],
+                "rank_dropout": config.get("rank_dropout", 0.0), "module_dropout": config.get("module_dropout", 0.0),
+                "target_modules": modules}
     if method == "adalora":
         return {"peft_type": "ADALORA", "task_type": task_type, "init_r": config["init_r"],
                 "target_r": config["target_r"], "lora_alpha": config["alpha"], "lora_dropout": config.get("dropout", 0.0),
@@ -183,11 +201,13 @@ def peft_to_run(adapter: Path, out: Path, model_folder: str | None = None) -> di
     from peftkb.interop.peft_import import read_peft_config
 
     config = read_peft_config(adapter)
-    kind = {"LORA": "lora", "ADALORA": "adalora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning",
+    kind = {"LORA": "lora", "LOHA": "loha", "ADALORA": "adalora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning",
             "PREFIX_TUNING": "prefix-tuning"}.get(config["peft_type"])
-    if kind is None or (kind == "lora" and (config.get("use_dora") or config.get("use_rslora"))):
-        raise UsageError(f"{adapter}: {config['peft_type']} adapters are not converted (supported: {', '.join(SUPPORTED)}; "
-                         "plain LoRA only)")
+    if kind == "lora" and config.get("use_dora"):
+        kind = "dora"
+    if kind is None or (kind in ("lora", "dora") and (config.get("use_rslora") or isinstance(config.get("init_lora_weights"), str))):
+        raise UsageError(f"{adapter}: this {config['peft_type']} adapter is not converted (supported: "
+                         f"{', '.join(SUPPORTED)}; LoRA without rsLoRA scaling or a special initialisation)")
     if not (adapter / PEFT_ADAPTER).is_file():
         raise UsageError(f"{adapter}: no {PEFT_ADAPTER}")
     state = from_peft_tensors(kind, load_file(str(adapter / PEFT_ADAPTER)))
@@ -195,6 +215,9 @@ def peft_to_run(adapter: Path, out: Path, model_folder: str | None = None) -> di
     method_config: dict[str, Any] = {
         "lora": lambda: {"r": config["r"], "alpha": config["lora_alpha"], "dropout": config.get("lora_dropout", 0.0),
                          "target_modules": sorted(targets)},
+        "dora": lambda: {"r": config["r"], "alpha": config["lora_alpha"], "target_modules": sorted(targets)},
+        "loha": lambda: {"r": config["r"], "alpha": config["alpha"], "rank_dropout": config.get("rank_dropout", 0.0),
+                         "module_dropout": config.get("module_dropout", 0.0), "target_modules": sorted(targets)},
         "adalora": lambda: {"init_r": config["init_r"], "target_r": config["target_r"], "alpha": config["lora_alpha"],
                             "dropout": config.get("lora_dropout", 0.0), "target_modules": sorted(targets),
                             "total_steps": config.get("total_step") or 1000, "beta1": config["beta1"],
