@@ -32,7 +32,6 @@ FAMILY = {"tiny-bert": "bert", "tiny-t5": "t5", "tiny-llama": "llama", "tiny-gpt
 #: until they are removed from this list
 KNOWN: dict[tuple[str, str], str] = {
     ("lorahub", "tiny-bert"): "lorahub.py: the gradient-free search never moves w from 0 on this model",
-    ("lorahub", "tiny-gpt2"): "lorahub.py: the gradient-free search never moves w from 0 on this model",
 }
 
 #: methods whose catalog formula counts something other than what training holds (the reason is the
