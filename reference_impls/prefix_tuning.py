@@ -43,7 +43,7 @@ from reference_impls._core import CACHE_KWARGS, arch_symbols, cache_kwarg, famil
 
 @dataclass
 class PrefixTuningConfig:
-    n_virtual_tokens: int = 20       # prefix length: key/value vectors per layer
+    n_virtual_tokens: int = 10       # prefix length: key/value vectors per layer (the authors' --preseqlen)
     prefix_projection: bool = True   # produce the prefix with the reparameterisation MLP while training
     projection_hidden: int = 512     # hidden size of that MLP
 

@@ -33,8 +33,12 @@ CASES = {
                     starts_equal=True, mergeable=True),
     # 8 seeded stand-in upstream modules; w = 0 at init; `train` runs one search generation per step
     # (training_hooks), so the loss test checks that the gradient-free search lowers the loss
-    "lorahub": Case(make_config("lorahub", n_modules=8, r=4, alpha=8), archs=WITH_T5, starts_equal=True,
-                    mergeable=True),
+    # 8 candidates per generation make the search's drop reliable. On transformers 5's tiny BERT the seeded
+    # random stand-ins barely help the task at all (even 200 Adam steps on w reach only an 11% drop; the
+    # search gets about 8%), so the loss test runs where they do; the run matrix keeps tiny-bert as a strict
+    # known failure
+    "lorahub": Case(make_config("lorahub", n_modules=8, r=4, alpha=8, population=8), archs=WITH_T5,
+                    starts_equal=True, mergeable=True, learns_on=tuple(a for a in WITH_T5 if a != "tiny-bert")),
     # training is plain LoRA (the Laplace step is post hoc: test_laplace_lora.py); the posterior mean merges
     # like LoRA, but the method's calibrated predictive does not, so mergeable stays False as in the catalog
     "laplace-lora": Case(make_config("laplace-lora", r=4, alpha=8), archs=ARCHS, starts_equal=True),

@@ -35,7 +35,7 @@ def test_averaged_model_equals_the_inference_path_and_is_one_houlsby_adapter():
     collapsed = am.average_experts(copy.deepcopy(model))
     torch.testing.assert_close(logits(collapsed, batch), mixture, atol=1e-5, rtol=1e-5)
     # the collapsed mixture is exactly a Houlsby adapter with the averaged weights
-    houlsby = sa.apply(fresh("tiny-llama"), sa.SequentialAdapterConfig(bottleneck=8))
+    houlsby = sa.apply(fresh("tiny-llama"), sa.SequentialAdapterConfig(bottleneck=8, activation=CONFIG.activation))
     assert count_trainable(collapsed) == count_trainable(houlsby)
     with torch.no_grad():
         for name, m in houlsby.named_modules():
