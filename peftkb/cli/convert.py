@@ -24,7 +24,7 @@ def convert(
                                                help="With --from: the base model folder to record (default: the "
                                                     "adapter's base_model_name_or_path)."),
 ) -> None:
-    """Convert a trained LoRA, DoRA, LoHa, AdaLoRA, IA3, prompt- or prefix-tuning adapter to or from peft, tensor for tensor."""
+    """Convert a trained LoRA, DoRA, LoHa, VeRA, AdaLoRA, IA3, prompt- or prefix-tuning adapter to or from peft."""
     from peftkb.interop import convert as conv
 
     if (to is None) == (from_ is None):

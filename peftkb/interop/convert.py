@@ -7,6 +7,9 @@ are renamed (and, where the layouts differ, reshaped) one to one:
     lora            M.A (r, d_in), M.B (d_out, r)    M.lora_A.weight, M.lora_B.weight            same
     dora            M.A, M.B as LoRA, M.m (d_out,)   ... and M.lora_magnitude_vector (d_out,)     same
     loha            M.B1, M.A1, M.B2, M.A2           M.hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b same
+    vera            M.d (r,), M.b (d_out,)           M.vera_lambda_d, M.vera_lambda_b             same; the shared
+                                                     A and B are regenerated from projection_prng_key on both
+                                                     sides (bitwise equal, tested in test_vera.py)
     adalora         M.Q (r, d_in), M.P (d_out, r),   M.lora_A, M.lora_B, M.lora_E (r, 1)          Λ as a column
                     M.Lambda (r,)
     ia3             M.l (n,)                         M.ia3_l: (d_out, 1), or (1, d_in) for a      a column or a row
@@ -30,7 +33,7 @@ from typing import Any
 
 from peftkb.errors import UsageError
 
-SUPPORTED = ("lora", "dora", "loha", "adalora", "ia3", "prompt-tuning", "prefix-tuning")
+SUPPORTED = ("lora", "dora", "loha", "vera", "adalora", "ia3", "prompt-tuning", "prefix-tuning")
 LOHA_NAMES = {"B1": "hada_w1_a", "A1": "hada_w1_b", "B2": "hada_w2_a", "A2": "hada_w2_b"}
 PREFIX = "base_model.model."
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq-lm": "SEQ_2_SEQ_LM", "feature-extraction": "FEATURE_EXTRACTION"}
@@ -55,6 +58,8 @@ def to_peft_tensors(method: str, state: dict[str, Any], feedforward: set[str] = 
             out[f"{PREFIX}{module}.lora_magnitude_vector"] = tensor
         elif method == "loha" and leaf in LOHA_NAMES:
             out[f"{PREFIX}{module}.{LOHA_NAMES[leaf]}"] = tensor
+        elif method == "vera" and leaf in ("d", "b"):
+            out[f"{PREFIX}{module}.vera_lambda_{leaf}"] = tensor
         elif method == "adalora" and leaf in ("Q", "P", "Lambda"):
             name = {"Q": "lora_A", "P": "lora_B", "Lambda": "lora_E"}[leaf]
             out[f"{PREFIX}{module}.{name}"] = tensor.reshape(-1, 1) if leaf == "Lambda" else tensor
@@ -85,6 +90,8 @@ def from_peft_tensors(method: str, state: dict[str, Any]) -> dict[str, Any]:
             out[f"{owner}.{part[-1]}"] = tensor
         elif method == "dora" and leaf == "lora_magnitude_vector":
             out[f"{module}.m"] = tensor
+        elif method == "vera" and leaf in ("vera_lambda_d", "vera_lambda_b"):
+            out[f"{module}.{leaf[-1]}"] = tensor
         elif method == "loha" and leaf in LOHA_NAMES.values():
             out[f"{module}.{ {v: k for k, v in LOHA_NAMES.items()}[leaf] }"] = tensor
         elif method == "adalora" and leaf in ("lora_A", "lora_B", "lora_E"):
@@ -117,6 +124,10 @@ def peft_config_of(method: str, config: dict[str, Any], state: dict[str, Any], t
         return {"peft_type": "LOHA", "task_type": task_type, "r": config["r"], "alpha": config["alpha"],
                 "rank_dropout": config.get("rank_dropout", 0.0), "module_dropout": config.get("module_dropout", 0.0),
                 "target_modules": modules}
+    if method == "vera":
+        return {"peft_type": "VERA", "task_type": task_type, "r": config["r"], "target_modules": modules,
+                "projection_prng_key": config["projection_prng_key"], "save_projection": False,
+                "vera_dropout": config.get("dropout", 0.0), "d_initial": config.get("d_initial", 0.1)}
     if method == "adalora":
         return {"peft_type": "ADALORA", "task_type": task_type, "init_r": config["init_r"],
                 "target_r": config["target_r"], "lora_alpha": config["alpha"], "lora_dropout": config.get("dropout", 0.0),
@@ -201,7 +212,7 @@ def peft_to_run(adapter: Path, out: Path, model_folder: str | None = None) -> di
     from peftkb.interop.peft_import import read_peft_config
 
     config = read_peft_config(adapter)
-    kind = {"LORA": "lora", "LOHA": "loha", "ADALORA": "adalora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning",
+    kind = {"LORA": "lora", "LOHA": "loha", "VERA": "vera", "ADALORA": "adalora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning",
             "PREFIX_TUNING": "prefix-tuning"}.get(config["peft_type"])
     if kind == "lora" and config.get("use_dora"):
         kind = "dora"
@@ -218,6 +229,9 @@ def peft_to_run(adapter: Path, out: Path, model_folder: str | None = None) -> di
         "dora": lambda: {"r": config["r"], "alpha": config["lora_alpha"], "target_modules": sorted(targets)},
         "loha": lambda: {"r": config["r"], "alpha": config["alpha"], "rank_dropout": config.get("rank_dropout", 0.0),
                          "module_dropout": config.get("module_dropout", 0.0), "target_modules": sorted(targets)},
+        "vera": lambda: {"r": config["r"], "projection_prng_key": config["projection_prng_key"],
+                         "dropout": config.get("vera_dropout", 0.0), "d_initial": config.get("d_initial", 0.1),
+                         "save_projection": False, "target_modules": sorted(targets)},
         "adalora": lambda: {"init_r": config["init_r"], "target_r": config["target_r"], "alpha": config["lora_alpha"],
                             "dropout": config.get("lora_dropout", 0.0), "target_modules": sorted(targets),
                             "total_steps": config.get("total_step") or 1000, "beta1": config["beta1"],

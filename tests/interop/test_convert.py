@@ -35,6 +35,8 @@ CASES = [  # (method, family, reference config)
     ("dora", "bert", dict(r=4, alpha=8, target_modules=("q", "v"))),
     ("loha", "llama", dict(r=4, alpha=8, target_modules=("q", "v"))),
     ("loha", "t5", dict(r=4, alpha=8, target_modules=("q", "v"))),
+    ("vera", "llama", dict(r=8, target_modules=("q", "v"), projection_prng_key=3)),
+    ("vera", "t5", dict(r=8, target_modules=("q", "v"), projection_prng_key=3)),
     ("ia3", "llama", dict(target_modules=("k", "v", "down"), feedforward_modules=("down",))),
     ("ia3", "t5", dict(target_modules=("k", "v", "down"), feedforward_modules=("down",))),
     ("adalora", "llama", dict(init_r=4, target_r=2, alpha=8, target_modules=("q", "v"))),
