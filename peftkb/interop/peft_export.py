@@ -151,6 +151,10 @@ def peft_setup(method: Any, arch: Architecture, overrides: dict[str, Any] | None
         setup.adalora = True
         setup.kwargs.setdefault("total_step", 1000)
         setup.notes.append("AdaLoRA's schedule needs total_step (the number of training steps): set it to yours")
+    if setup.kwargs.get("init_lora_weights") == "loftq":  # LoftQ's quantisation settings go in their own config
+        setup.kwargs["loftq_config"] = {"loftq_bits": int(values.get("bits") or 4),
+                                        "loftq_iter": int(values.get("n_iter") or 1)}
+        setup.unmapped = [n for n in setup.unmapped if n not in ("bits", "n_iter")]
     if impl.peft_type == "TRAINABLE_TOKENS" and "token_indices" in fields:
         n = int(values.get("n_tokens") or 0)
         setup.kwargs["token_indices"] = list(range(n))

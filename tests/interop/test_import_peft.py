@@ -95,9 +95,7 @@ def _peft_methods() -> list[str]:
 #: Entries whose peft config cannot name them back: peft options that are an optimizer or a quantized base,
 #: not a config field (LoRA+, LoRA-FA, QLoRA: the config is plain LoRA) or that need a GPTQ base (QA-LoRA).
 INDISTINGUISHABLE = {"lora-plus", "lora-fa", "qlora"}
-CANNOT_BUILD = {"adamss": "peft's AdaMSS config needs scikit-learn, which the test environment does not install",
-                "loftq": "peft's LoftQ initialisation needs scipy, which the test environment does not install",
-                "xlora": "X-LoRA's catalog default has no LoRA experts (n_adapters = 0): nothing to count"}
+CANNOT_BUILD = {"xlora": "X-LoRA's catalog default has no LoRA experts (n_adapters = 0): nothing to count"}
 TINY = {"adaption-prompt": {"adapter_layers": 2}, "c3a": {"block_size": 16}, "oft": {"block_size": 4},
         "pissa": {"r": 8}, "road": {"group_size": 16}, "shira": {"r": 4}, "vblora": {"vector_length": 16},
         "waveft": {"n_frequency": 256}, "trainable-tokens": {"n_tokens": 2}}
