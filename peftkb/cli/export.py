@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -23,25 +20,6 @@ class Target(str, Enum):
 class ExportFormat(str, Enum):
     json = "json"
     python = "python"
-
-
-def _write_folder(out: Path, files: dict[str, str]) -> None:
-    """Write `files` into `out` all at once: refuse a non-empty folder; never leave half an export."""
-    if str(out).strip() in ("", "."):
-        raise UsageError("--output needs a folder name")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".peftkb-export-", dir=out.parent))
-    try:
-        for name, content in files.items():
-            (staging / name).write_text(content, encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def export(
@@ -82,7 +60,13 @@ def export(
         script = python_script(setup, model_path)
         files = {"adapter_config.json": config_text, "train.py": script}
     if output is not None:
-        _write_folder(output, files)
+        from peftkb.interop.folder import write_new_folder
+
+        def write_files(folder: Path) -> None:
+            for name, content in files.items():
+                (folder / name).write_text(content, encoding="utf-8")
+
+        write_new_folder(output, write_files, prefix=".peftkb-export-")
         text(f"wrote {output}: {', '.join(files)}")
     else:
         write(script if fmt is ExportFormat.python else config_text)

@@ -25,13 +25,11 @@ reproduces the tensors bit for bit.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from peftkb.errors import UsageError
+from peftkb.interop.folder import write_new_folder
 
 SUPPORTED = ("lora", "dora", "loha", "vera", "adalora", "ia3", "prompt-tuning", "prefix-tuning")
 LOHA_NAMES = {"B1": "hada_w1_a", "A1": "hada_w1_b", "B2": "hada_w2_a", "A2": "hada_w2_b"}
@@ -157,24 +155,6 @@ def _feedforward(method: str, config: dict[str, Any], state: dict[str, Any]) -> 
 
 
 # -- folders -------------------------------------------------------------------------------------------
-def _write_folder(out: Path, write) -> None:
-    """Fill a new folder through a staging folder beside it: all files or none; never into a folder with files."""
-    if str(out).strip() in ("", "."):
-        raise UsageError("-o needs a folder name")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists and is not an empty folder; choose a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".peftkb-convert-", dir=out.parent))
-    try:
-        write(staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
 def run_to_peft(run: Path, out: Path) -> dict[str, Any]:
     """A `peftkb train` output folder -> a peft adapter folder; returns the adapter config written."""
     from safetensors.torch import load_file, save_file
@@ -201,7 +181,7 @@ def run_to_peft(run: Path, out: Path) -> dict[str, Any]:
         cls(**{k: v for k, v in fields.items() if k != "peft_type"}).save_pretrained(str(folder))
         save_file(tensors, str(folder / PEFT_ADAPTER))
 
-    _write_folder(out, write)
+    write_new_folder(out, write, prefix=".peftkb-convert-")
     return fields
 
 
@@ -250,7 +230,7 @@ def peft_to_run(adapter: Path, out: Path, model_folder: str | None = None) -> di
         (folder / RUN_MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, str(folder / RUN_ADAPTER))
 
-    _write_folder(out, write)
+    write_new_folder(out, write, prefix=".peftkb-convert-")
     return record
 
 
