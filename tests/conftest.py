@@ -64,6 +64,36 @@ def run_cli(*args: str, root: Path | None = None, env: dict[str, str] | None = N
                           env=full_env, input=input, timeout=120)
 
 
+def run_main(*args: str) -> tuple[int, str, str]:
+    """Run `peftkb ARGS` in-process through cli.main(), as the console script does: (exit code, stdout, stderr).
+
+    Fast enough for property-based tests that try hundreds of inputs."""
+    import contextlib
+    import io
+
+    import peftkb.cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["peftkb", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_module.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_answered(code: int, out: str, err: str) -> None:
+    """Exit 0, 1 (not found) or 2 (bad input): never a traceback or an internal error."""
+    assert code in (0, 1, 2), (code, out, err)
+    assert "Traceback" not in out + err and "internal error" not in err, err
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -6,18 +6,15 @@ a budget that parsed to what the text says. Runs in-process through the console 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
-import sys
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-import peftkb.cli as cli  # noqa: E402
+from tests.conftest import assert_answered as answered, run_main as invoke  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NUMBERISH = st.one_of(
@@ -26,27 +23,6 @@ NUMBERISH = st.one_of(
     st.sampled_from(["", "nan", "inf", "-inf", "1e3", "8.0", "0x10", "+8", "٨", "8_0", "9" * 5000, "\x00", "-0"]),
     st.text(max_size=10),
 )
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["peftkb", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
-
-
-def answered(code: int, out: str, err: str) -> None:
-    assert code in (0, 1, 2), (code, out, err)
-    assert "Traceback" not in out + err, err
 
 
 @SETTINGS

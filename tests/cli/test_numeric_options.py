@@ -7,14 +7,11 @@ seconds.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import peftkb.cli as cli
+from tests.conftest import assert_answered as answered, run_main as invoke
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -26,30 +23,6 @@ NUMBERISH = st.one_of(
                      "9" * 5000, "2021 ", "\x00"]),
     st.text(max_size=12),
 )
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    """Run `peftkb ARGS` through cli.main(), as the console script does; return (code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["peftkb", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
-
-
-def answered(code: int, out: str, err: str) -> None:
-    assert code in (0, 1, 2), (code, out, err)
-    assert "Traceback" not in out + err and "internal error" not in err, err
-    if code:
-        assert err.strip() and out == "", (code, out, err)
 
 
 @SETTINGS
