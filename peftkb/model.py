@@ -47,7 +47,7 @@ class Category(Strict):
     parent: str | None = None
     definition: str = Field(min_length=1)
     placements: list[str] = []
-    survey_key: str | None = Field(None, description="this node's id in the survey file shared/survey/taxonomy.yaml")
+    survey_key: str | None = Field(None, description="this node's id in the survey's method list, taxonomy/survey-xu2023.yaml")
     survey: bool = True  # False for the baseline node, which is not one of the survey's categories
 
     @property
@@ -219,7 +219,7 @@ class Implementations(Strict):
     adapters: list[AdaptersImpl] = []
 
 
-#: The classes of each other taxonomy (see ../shared/survey/README.md, "Other taxonomies").
+#: The classes of each other taxonomy (README, "Coverage and other taxonomies"; `peftkb crosswalk`).
 CROSSWALK_SCHEMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "han2024": ("Han et al. 2024, arXiv 2403.14608", ("additive", "selective", "reparameterized", "hybrid")),
     "lialin2023": ("Lialin et al. 2023, arXiv 2303.15647",

@@ -10,7 +10,8 @@ from peftkb.formula import ARCH_SYMBOLS, Formula, FormulaError
 
 
 def test_lora_formula_on_the_llama_3_2_3b_fixture():
-    # 28 layers x r=32 x [(3072 + 3072) + (3072 + 1024)] from ../shared/survey/README.md
+    # 28 layers x r=32 x [(3072 + 3072) + (3072 + 1024)]: the count peft's method comparison records for this run
+    # (evidence/peft-metamathqa.yaml, lora--llama-3.2-3B-rank32)
     per_target = Formula.parse("r * (d_in + d_out)")
     q = per_target.evaluate({"r": 32, "d_in": 3072, "d_out": 3072})
     v = per_target.evaluate({"r": 32, "d_in": 3072, "d_out": 1024})
