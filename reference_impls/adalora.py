@@ -17,6 +17,16 @@ divides by init_r + 1e-5), and the schedule uses peft's step conventions (warm-u
 defaults (no warm-up, no final phase, prune every step). Init: P, Q ~ N(0, 0.02²), Λ = 0, so the update starts at zero and the model equals the base
 model. Pruning zeroes λ_i but keeps the tensors, so the trainable count does not change. Mergeable like
 LoRA. Training needs `training_hooks(model, config)`: the regulariser and the rank allocator.
+
+Checked against: the paper §3.1 (ΔW = P Λ Q and the orthogonality regulariser), §3.2 (sensitivity, its
+EMA smoothing and uncertainty, the triplet score) and §3.3 (the cubic budget schedule);
+the authors' code github.com/QingruZhang/AdaLoRA @d10f5ebe (loralib/loralib/adalora.py: SVDLinear with
+P, Q ~ N(0, 0.02²), E = 0 and scaling alpha / (ranknum + 1e-5); RankAllocator's kthvalue threshold and
+masked_fill of λ; compute_orth_regu = regu_weight * Σ ||·||_F / n, unsquared); peft 0.21.2
+`peft/tuners/adalora/layer.py` and `model.py` (the oracle tests compare counts, outputs, the budget
+schedule and the pruned ranks with AdaLoraModel). As in both, the mask keeps S_i above the n_drop-th
+smallest score. Numeric pins: test_adalora.py re-computes P Λ Q * alpha / init_r, the weighted regulariser
+that training adds to the loss, and the EMA importance product.
 """
 from __future__ import annotations
 

@@ -25,6 +25,13 @@ warm-up after each addition is a scheduler matter and is not reproduced (_core.t
 (3) AdaLoRA's orthogonality regulariser, which the authors' trainer inherits, is not added. Init: A, B ~
 N(0, 0.02²), E = 0: the model starts equal to the base model up to the reserves' 1e-5 contribution.
 Mergeable: merge() folds ΔW into W0.
+
+Checked against: the paper's method section (the SVD-like form B diag(E) A with a per-module scaling, the
+module importance score, incremental allocation, advance learning, restart warm-up); the authors' code
+github.com/FeiyuZhang98/IncreLoRA @51a2d734 (loralib/loralib/increlora.py: ΔW = B diag(E) A * alpha /
+(ranknum + 1e-5); backward_hook's score Σ |ΔW ⊙ ∂L/∂ΔW| / sqrt(numel); A, B ~ N(0, 0.02²), E = 0;
+new reserve e = 1e-5 under advance learning). peft has no IncreLoRA. The 1e-5 in the divisor is dropped.
+Numeric pins: test_increlora.py re-computes the score and (alpha / r_t) Σ e_i b_i a_iᵀ by hand.
 """
 from __future__ import annotations
 
