@@ -14,6 +14,13 @@ B's gradient. Init as LoRA: A ~ Kaiming-uniform, B = 0, so the model starts equa
 Deviation (reproducibility, not maths): A is drawn from a generator seeded by `init_seed` and the
 module's position among the targets (as peft's VeRA seeds its frozen projections), so a saved adapter
 holds only B and is restored exactly onto a fresh model. Mergeable like LoRA.
+
+Checked against: the paper's abstract (arXiv 2308.03303 v1 and v2: freeze the projection-down A, train
+the projection-up B, no full-rank input activations stored); the method sections were not read here.
+peft 0.21.2 (installed in .venv): peft.optimizers.create_lorafa_optimizer freezes every lora_A on a
+LoraModel with the scaling alpha / r; the oracle test compares counts and outputs with it. Not
+implemented: v2's gradient corrections (that optimizer's projected grad_B = grad_B (A Aᵀ)⁻¹ / scaling²),
+which change the optimizer step, not the model.
 """
 from __future__ import annotations
 

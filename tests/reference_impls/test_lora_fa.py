@@ -80,3 +80,21 @@ def test_matches_peft_lorafa_count_and_outputs(arch):
     copy_lora_into_peft(ours, theirs, names)
     batch = batch_for(ours)
     torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=ATOL, rtol=RTOL)
+
+
+def test_forward_and_B_gradient_follow_the_equation():
+    """h = W0 x + (alpha / r) B A x and ∂L/∂B = (alpha / r) Σ_tokens g (A x)ᵀ; A gets no gradient."""
+    d_in, d_out, r, alpha = 6, 5, 2, 3.0
+    base = torch.nn.Linear(d_in, d_out).requires_grad_(False)
+    layer = lora_fa.LoRAFALinear(base, r=r, alpha=alpha, seed=0)
+    with torch.no_grad():
+        layer.B.normal_()
+    x = torch.randn(3, 4, d_in)
+    h = layer(x)
+    z = x @ layer.A.T  # (3, 4, r)
+    torch.testing.assert_close(h, x @ base.weight.T + base.bias + (alpha / r) * z @ layer.B.T)
+    g = torch.randn_like(h)
+    (h * g).sum().backward()
+    expected = (alpha / r) * torch.einsum("bto,btr->or", g, z)
+    torch.testing.assert_close(layer.B.grad, expected)
+    assert layer.A.grad is None
