@@ -20,6 +20,14 @@ CMA-ES (not a dependency here); bounds, init, L1 term and budget follow the auth
 nn.Parameter so that it is counted, saved and loaded like every method's trained numbers, but its
 gradient is masked to zero: LoRAHub uses no gradients (and at w = 0 the gradient of B̂ Â vanishes anyway).
 Mergeable: the composed module is an ordinary LoRA update B̂ Â.
+
+Checked against: the authors' code github.com/sail-sg/lorahub @df73afe5 lorahub/algorithm.py (get_score
+and get_final_weights sum w_i times every lora_A and lora_B tensor of each module, i.e. the factors are
+averaged; default_l1_regularization = 0.05 * mean_i |w_i|; ng.p.Array(init=0, lower=-1.5, upper=1.5);
+ng.optimizers.NGOpt with budget max_inference_step, which has no default there); the paper's abstract and
+secondary summaries of its COMPOSE / ADAPT stages (m̂ = (Σ w_i A_i)(Σ w_i B_i), CMA-ES); the method
+section itself was not read. Simplifications: the (1 + λ) evolution strategy replaces nevergrad's NGOpt /
+CMA-ES; max_steps = 40 counts generations of `population` evaluations, not single evaluations.
 """
 from __future__ import annotations
 
