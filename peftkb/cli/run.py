@@ -45,6 +45,7 @@ MAX_SEED = 2**63 - 1          # torch.manual_seed takes a 64-bit seed
 #: The bundled models each method refuses, and why (checked by tests/reference_impls/test_run_matrix.py).
 #: A method not listed runs on all four.
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
+    "adaption-prompt": ("tiny-bert", "tiny-t5", "tiny-gpt2"),   # LLaMA-family rotary attention only
     "attention-fusion": ("tiny-t5",),
     "c3a": TINY_MODELS,                # block_size 256 must divide d_in and d_out (all 128 here)
     "trainable-tokens": TINY_MODELS,   # no token is selected by default
