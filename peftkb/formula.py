@@ -1,8 +1,20 @@
 """Trainable-parameter formulas: a tiny arithmetic language, parsed and never `eval`ed.
 
-A formula is an expression over numbers, `+ - * / //`, parentheses, `min(...)`/`max(...)` and
-symbols. Symbols are architecture symbols (`ARCH_SYMBOLS`) or the method's hyperparameter names.
+A formula is an expression over numbers, `+ - * / //`, parentheses, the functions below and symbols.
+Symbols are architecture symbols (`ARCH_SYMBOLS`) or the method's hyperparameter names.
 `/` is exact (fractions), so `r * d_model / 2` stays exact; a count must come out whole.
+
+Functions (`FUNCTIONS`; nothing else can be called):
+
+- `min(a, b, ...)`, `max(a, b, ...)`: two or more arguments.
+- `if_lt(a, b, x, y)`: `x` when `a < b`, else `y` (only the chosen branch is evaluated). A size rule
+  such as LoKr's "store a factor as a rank-r product when 2r < its larger side" needs it.
+- `factor_a(d, f)`, `factor_b(d, f)`: the two factors, `factor_a(d, f) * factor_b(d, f) = d`, of the
+  Kronecker factorisation of a whole `d >= 1` that LyCORIS and peft's LoKr use (`factorization(d, f)` in
+  `peft/tuners/lokr/layer.py`): when `f >= 1` divides `d` they are `(f, d / f)`; otherwise, scanning the
+  divisors of `d` upwards and stopping at the first one `>= sqrt(d)`, the last divisor `<= f` (any when
+  `f = -1`) and its co-factor, the smaller first. So `factor_a(4096, -1) = 64`, `factor_b(11008, -1) = 128`,
+  `factor_a(128, 4) = 4`, `factor_a(127, -1) = 1`. `d` is at most 10**12.
 
     >>> f = Formula.parse("r * (d_in + d_out)")
     >>> f.evaluate({"r": 8, "d_in": 4096, "d_out": 4096})
@@ -13,6 +25,7 @@ symbols. Symbols are architecture symbols (`ARCH_SYMBOLS`) or the method's hyper
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from collections.abc import Mapping
@@ -43,7 +56,12 @@ _LATEX_NAMES = {
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//"}
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2}
-_FUNCS = ("min", "max")
+#: name -> (fewest, most) arguments; `None`: no upper limit
+FUNCTIONS: dict[str, tuple[int, int | None]] = {
+    "min": (2, None), "max": (2, None), "if_lt": (4, 4), "factor_a": (2, 2), "factor_b": (2, 2),
+}
+_FUNCS = tuple(FUNCTIONS)
+MAX_FACTORISED = 10**12  # factor_a/factor_b try divisors up to sqrt(d): bounded work
 MAX_FORMULA_CHARS = 500
 
 
@@ -114,10 +132,14 @@ def _check(node: ast.AST) -> None:
         if node.id.startswith("_"):
             raise FormulaError(f"symbol '{node.id}' is not allowed")
     elif isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
-            raise FormulaError("only min(...) and max(...) may be called")
-        if node.keywords or len(node.args) < 2:
-            raise FormulaError(f"{node.func.id}() takes two or more plain arguments")
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            raise FormulaError(f"only {', '.join(f + '(...)' for f in FUNCTIONS)} may be called")
+        fewest, most = FUNCTIONS[node.func.id]
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise FormulaError(f"{node.func.id}() takes plain arguments only")
+        if len(node.args) < fewest or (most is not None and len(node.args) > most):
+            wanted = f"{fewest} or more" if most is None else str(fewest)
+            raise FormulaError(f"{node.func.id}() takes {wanted} arguments, not {len(node.args)}")
         for arg in node.args:
             _check(arg)
     else:
@@ -141,8 +163,15 @@ def _eval(node: ast.expr, env: Mapping[str, int | float | Fraction]) -> int | Fr
         v = _eval(node.operand, env)
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.Call):
+        name = node.func.id  # type: ignore[attr-defined]
+        if name == "if_lt":  # lazy: the branch not taken is never evaluated
+            a, b, then, other = node.args
+            return _eval(then if _eval(a, env) < _eval(b, env) else other, env)
         args = [_eval(a, env) for a in node.args]
-        return min(args) if node.func.id == "min" else max(args)  # type: ignore[attr-defined]
+        if name in ("factor_a", "factor_b"):
+            pair = kronecker_factors(*args, function=name)
+            return pair[0] if name == "factor_a" else pair[1]
+        return min(args) if name == "min" else max(args)
     assert isinstance(node, ast.BinOp)
     a, b = _eval(node.left, env), _eval(node.right, env)
     op = type(node.op)
@@ -157,6 +186,39 @@ def _eval(node: ast.expr, env: Mapping[str, int | float | Fraction]) -> int | Fr
     if op is ast.Div:
         return Fraction(a) / Fraction(b)
     return a // b
+
+
+def _whole_number(value: int | Fraction, function: str, what: str) -> int:
+    if isinstance(value, Fraction):
+        if value.denominator != 1:
+            raise FormulaError(f"{function}(): {what} must be a whole number, not {value}")
+        value = int(value)
+    return value
+
+
+def kronecker_factors(d: int | Fraction, f: int | Fraction, *, function: str = "factor_a") -> tuple[int, int]:
+    """(a, b) with a * b = d: LyCORIS's `factorization(d, f)` as peft 0.21's LoKr uses it (see the module doc).
+
+    Same result as peft's loop, in O(sqrt(d)) steps: peft walks the divisors of d upwards from 1, keeps each
+    one while it is <= f (f = -1: no limit) and stops after the first divisor >= sqrt(d); the last kept
+    divisor and its co-factor come back smaller first. An f >= 1 that divides d is returned as is, first.
+    """
+    d, f = _whole_number(d, function, "d"), _whole_number(f, function, "f")
+    if d < 1:
+        raise FormulaError(f"{function}(): d must be at least 1, not {d}")
+    if d > MAX_FACTORISED:
+        raise FormulaError(f"{function}(): d = {d} is larger than {MAX_FACTORISED:,}")
+    if f > 0 and d % f == 0:
+        return f, d // f
+    limit = d if f == -1 else f
+    small = [i for i in range(1, math.isqrt(d) + 1) if d % i == 0]   # divisors <= sqrt(d), ascending
+    walk = small[1:] + ([d // small[-1]] if small[-1] ** 2 != d else [])  # ... then the first one >= sqrt(d)
+    m = 1
+    for divisor in walk:
+        if divisor > limit:
+            break
+        m = divisor
+    return min(m, d // m), max(m, d // m)
 
 
 def _latex_name(name: str) -> str:
@@ -181,8 +243,14 @@ def _latex(node: ast.expr) -> tuple[str, int]:
         inner = inner if prec >= 2 else rf"\left({inner}\right)"
         return ("-" if isinstance(node.op, ast.USub) else "+") + inner, 2
     if isinstance(node, ast.Call):
-        args = ", ".join(_latex(a)[0] for a in node.args)
-        return rf"\{node.func.id}\left({args}\right)", 3  # type: ignore[attr-defined]
+        name = node.func.id  # type: ignore[attr-defined]
+        parts = [_latex(a)[0] for a in node.args]
+        if name == "if_lt":  # a case distinction
+            a, b, then, other = parts
+            return (rf"\left\{{\begin{{array}}{{ll}} {then} & \text{{if }} {a} < {b} \\ {other} & "
+                    rf"\text{{otherwise}} \end{{array}}\right.", 3)
+        head = rf"\{name}" if name in ("min", "max") else rf"\operatorname{{{name.replace('_', chr(92) + '_')}}}"
+        return rf"{head}\left({', '.join(parts)}\right)", 3
     assert isinstance(node, ast.BinOp)
     op = _BINOPS[type(node.op)]
     left, lp = _latex(node.left)

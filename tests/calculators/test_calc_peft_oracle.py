@@ -304,12 +304,31 @@ def test_lora_all_linear_matches_peft_including_bert_pooler(family, build):
     assert ("pooler.dense" in ours.targets) == (family == "bert") == any(a.endswith("pooler.dense") for a in adapted)
 
 
-def test_lokr_has_no_formula_and_the_calculator_says_so():
-    """LoKr's count needs integer factorisations of d_in and d_out, which formulas cannot express (see its note)."""
-    from peftkb.errors import UsageError
+# (settings, the factors peft stores on these tiny models): every branch of the formula's storage rule is taken
+LOKR_SETTINGS = [
+    ({}, {"lokr_w1", "lokr_w2"}),                                    # r = 8: 2r >= max(b, d), W_2 full
+    ({"r": 1}, {"lokr_w1", "lokr_w2_a", "lokr_w2_b"}),               # W_2 as a rank-1 product
+    ({"r": 1, "decompose_both": True}, {"lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b"}),
+    ({"decompose_factor": 4, "r": 2}, {"lokr_w1", "lokr_w2_a", "lokr_w2_b"}),  # a = c = 4 (4 divides every size)
+    # 5 divides no size: a = c = 4, the largest divisor <= 5; 2r = max(a, c), so W_1 stays full
+    ({"decompose_factor": 5, "decompose_both": True, "r": 2}, {"lokr_w1", "lokr_w2_a", "lokr_w2_b"}),
+]
 
-    with pytest.raises(UsageError, match="no trainable-parameter formula"):
-        count_trainable(_method("lokr"), architecture_from_config(FAMILIES["llama-gqa"]))
+
+@pytest.mark.parametrize("settings, stored", LOKR_SETTINGS,
+                         ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) if isinstance(s, dict) else "")
+@pytest.mark.parametrize("family", ["t5-uneven", "falcon", "llama-gqa", "bert"])
+def test_lokr_matches_peft_through_its_factorisation_rule(family, settings, stored, build):
+    """LoKr's formula (factor_a/factor_b, if_lt) on T5 with cross-attention, Falcon's fused query_key_value and
+    GQA: the same count as peft for each way of storing W_1 and W_2."""
+    peft = pytest.importorskip("peft")
+    arch = architecture_from_config(FAMILIES[family], name=family)
+    roles = ["q", "v"] if family != "bert" else None
+    ours = count_trainable(_method("lokr"), arch, settings, targets=roles).trainable
+    names = _names(family, "qv") if family != "bert" else r".*attention\.self\.(query|value)$"
+    n, wrapped = _peft_trainable(family, peft.LoKrConfig(target_modules=names, **settings), build)
+    assert ours == n
+    assert {name.rsplit(".", 2)[-2] for name, _ in wrapped.named_parameters() if "lokr_" in name} == stored
 
 
 @pytest.mark.parametrize("family, names", [("phi3", ["qkv_proj"]), ("qwen3", ["q_proj", "v_proj"]),

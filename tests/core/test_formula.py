@@ -53,6 +53,8 @@ def test_division_by_zero_is_an_error():
     "__import__('os').system('true')", "a ** 2", "a.b", "a[0]", "lambda: 1", "[1, 2]", "'text'", "True",
     "a if b else c", "a < b", "a and b", "min(a)", "min(a, b=2)", "f(a, b)", "a @ b", "a % b", "~a",
     "(yield a)", "a; b", "import os", "", "   ", "x" * 501, "min", "_secret * 2",
+    "if_lt(a, b, c)", "if_lt(a, b, c, d, e)", "factor_a(d)", "factor_b(d, f, g)", "factor_a(*a)", "if_lt",
+    "factor_a(d, f=2)", "min(*a, b)",
 ])
 def test_rejected_input(source):
     with pytest.raises(FormulaError):
@@ -68,6 +70,9 @@ def test_rejected_input(source):
     ("alpha / r", r"\frac{\alpha}{r}"),
     ("1000 * r", r"1{,}000 \cdot r"),
     ("max(r, 2)", r"\max\left(r, 2\right)"),
+    ("factor_a(d_in, f)", r"\operatorname{factor\_a}\left(d_{\text{in}}, f\right)"),
+    ("if_lt(2 * r, b, r, b * b)",
+     r"\left\{\begin{array}{ll} r & \text{if } 2 \cdot r < b \\ b \cdot b & \text{otherwise} \end{array}\right."),
 ])
 def test_latex_rendering(source, latex):
     assert Formula.parse(source).latex() == latex
@@ -89,3 +94,85 @@ def test_arbitrary_text_either_parses_to_arithmetic_or_is_refused(text):
     except FormulaError:
         return
     assert all(s.isidentifier() for s in f.symbols())
+
+
+# -- if_lt and the LoKr factorisation functions ------------------------------------------------------------------
+def _lycoris_factorization(dimension: int, factor: int) -> tuple[int, int]:
+    """The loop of LyCORIS's factorization() (peft 0.21 tuners/lokr/layer.py), written out step by step."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m:
+            new_m += 1
+        if new_m > factor:
+            break
+        m, n = new_m, dimension // new_m
+    return min(m, n), max(m, n)
+
+
+@pytest.mark.parametrize("d, f, pair", [
+    (256, -1, (16, 16)), (128, -1, (8, 16)), (127, -1, (1, 127)), (128, 4, (4, 32)),  # peft's docstring examples
+    (4096, -1, (64, 64)), (11008, -1, (86, 128)), (12, -1, (3, 4)), (1, -1, (1, 1)),
+    (128, 64, (64, 2)),    # a factor that divides comes back first, even when it is the larger one
+    (96, 5, (4, 24)),      # 5 does not divide 96: the largest divisor <= 5
+    (64, 0, (1, 64)), (64, -2, (1, 64)),  # no divisor > 1 is allowed
+])
+def test_factor_a_and_factor_b_are_lycoris_factorisation(d, f, pair):
+    env = {"d": d, "f": f}
+    assert (Formula.parse("factor_a(d, f)").evaluate(env), Formula.parse("factor_b(d, f)").evaluate(env)) == pair
+    assert _lycoris_factorization(d, f) == pair
+
+
+@given(d=st.integers(min_value=1, max_value=5000), f=st.integers(min_value=-3, max_value=200))
+def test_factor_functions_agree_with_the_lycoris_loop(d, f):
+    a = Formula.parse("factor_a(d, f)").evaluate({"d": d, "f": f})
+    b = Formula.parse("factor_b(d, f)").evaluate({"d": d, "f": f})
+    assert (a, b) == _lycoris_factorization(d, f) and a * b == d
+
+
+def test_if_lt_takes_one_branch_and_evaluates_only_that_one():
+    f = Formula.parse("if_lt(2 * r, n, r * (n + n), n * n / (n - 8))")
+    assert f.evaluate({"r": 3, "n": 8}) == 48                      # 6 < 8: the low-rank branch; the other divides by 0
+    assert f.evaluate({"r": 4, "n": 10}) == 80                     # 8 < 10: 4 * 20
+    assert f.evaluate({"r": 5, "n": 10}) == 50                     # 10 < 10 is false: 100 / 2
+    assert f.evaluate({"r": 6, "n": 12}) == 36                     # 12 < 12 is false: 144 / 4
+    assert Formula.parse("if_lt(a, b, 1, 2)").symbols() == {"a", "b"}
+
+
+def test_lokr_per_target_formula_on_llama_2_7b_shapes():
+    """The catalog's LoKr formula with peft's defaults (r=8, decompose_factor=-1): 4096 -> 4096 is W_1 64 x 64 in full
+    plus W_2 64 x 64 as 64 x 8 and 8 x 64 (2r = 16 < 64): 4096 + 1024 = 5,120, the count the entry's note records."""
+    from peftkb.loader import load_catalog
+    from peftkb.query import find_method
+
+    f = Formula.parse(find_method(load_catalog(), "lokr").trainable_params.per_target)
+    env = {"r": 8, "decompose_factor": -1, "decompose_both": 0}
+    assert f.evaluate({**env, "d_in": 4096, "d_out": 4096}) == 64 * 64 + 8 * (64 + 64) == 5120
+    assert f.evaluate({**env, "d_in": 4096, "d_out": 11008}) == 86 * 64 + 8 * (128 + 64) == 7040
+    assert f.evaluate({**env, "d_in": 4096, "d_out": 11008, "decompose_both": 1}) == 8 * (86 + 64) + 8 * (128 + 64)
+    assert f.evaluate({**env, "d_in": 64, "d_out": 64, "r": 4}) == 8 * 8 + 8 * 8        # 2r < 8 is false: full
+
+
+@pytest.mark.parametrize("source, env, message", [
+    ("factor_a(d, f)", {"d": Fraction(7, 2), "f": -1}, "whole number"),
+    ("factor_b(d, f)", {"d": 8, "f": 0.5}, "whole number"),
+    ("factor_a(d, f)", {"d": 0, "f": -1}, "at least 1"),
+    ("factor_a(d, f)", {"d": -12, "f": -1}, "at least 1"),
+    ("factor_a(d, f)", {"d": 10**13, "f": -1}, "larger than"),
+])
+def test_factor_functions_refuse_what_has_no_factorisation(source, env, message):
+    with pytest.raises(FormulaError, match=message):
+        Formula.parse(source).evaluate(env)
+
+
+def test_lokr_params_answers_and_bad_values_are_one_line():
+    from tests.conftest import run_main
+
+    code, out, err = run_main("params", "lokr", "-m", "llama-2-7b")
+    assert code == 0 and "327,680 trainable parameters" in out     # 32 blocks x (q + v) x 5,120
+    code, out, err = run_main("params", "lokr", "-m", "llama-2-7b", "-s", "decompose_factor=-5")
+    assert code == 2 and "Traceback" not in out + err and "decompose_factor" in err
