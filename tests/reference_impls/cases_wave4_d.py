@@ -1,0 +1,11 @@
+"""Cases for wave 4, helper d: ReLoRA, LongLoRA, MTL-LoRA, FRoD, ShadowPEFT, Super-Tuning."""
+from __future__ import annotations
+
+from impl_cases import Case, make_config
+
+CASES = {
+    # r = 4; B = 0 at init. A restart every 10 steps with a 2-step re-warm-up: the 3-step frozen-weights
+    # check ends before the first merge (which changes W on purpose), the 30-step loss check runs through two
+    "relora": Case(make_config("relora", r=4, alpha=8, reset_every=10, restart_warmup_steps=2),
+                   starts_equal=True, mergeable=True),
+}
