@@ -2,7 +2,7 @@
 
 Equation:   backbone (frozen, run without autograd):  h_0 = embeddings, h_i = block_i(h_{i-1}), i = 1..L
             ladders:  x_i = W_i h_i + b_i,   W_i ∈ R^{d_s × d}, d_s = d_model // reduction_factor
-            side:     s_0 = x_0;  s_i = f_i( μ_i x_i + (1 - μ_i) s_{i-1} ),  μ_i = sigmoid(α_i / T), T = 0.1
+            side:     s_0 = x_0;  s_i = f_i( μ_i s_{i-1} + (1 - μ_i) x_i ),  μ_i = sigmoid(α_i / T), T = 0.1
             output:   y = h_L + W_up LN(s_L) + b_up  ∈ R^d, fed to the (frozen) output head in place of h_L
             f_i: a transformer block of width d_s (pre-LN, n_heads heads, FFN width d_ff // reduction_factor,
             GELU, causal for decoder-only backbones).
@@ -21,9 +21,19 @@ init), since our side block is a generic pre-LN block rather than a pruned copy 
 The paper's T5 side network has an encoder and a decoder side network with cross-attention; encoder-decoder
 backbones are not supported here (BERT and decoder-only models are). The paper trains its own output
 head; here the model's frozen LM head reads y. The upsampled side output is added to the backbone's
-final hidden state, as public LST-style T5 side-network code does (sequence_output = upsample(side) +
-decoder output; the paper's text was not checked on this point); W_up keeps nn.Linear's init (no zero
-init), so the model does not start equal to the base model. Not mergeable.
+final hidden state (a peftkb choice: the side network here starts random rather than pruned from the
+backbone, and h_L keeps the frozen head's input meaningful from the first step); the authors' code feeds
+the head the upsampled side output alone (or, with merge_last, a gated mix with the backbone's output).
+W_up keeps nn.Linear's init (no zero init), so the model does not start equal to the base model.
+Not mergeable.
+
+Checked against: the authors' code github.com/ylsung/Ladder-Side-Tuning @1798e82e,
+seq2seq/third_party/models/t5/modeling_side_t5.py and VL-T5/src/my_transformers/modeling_t5.py: the first
+side input is side_first_downsample(embeddings); per layer, gate = sigmoid(side_gate_param / gate_T),
+side = gate * side + (1 - gate) * side_downsample(backbone layer output), then the side block
+(add_residual_after = False); gate_alpha = 0 and gate_T = 0.1 (side_transformers/config.py); a final
+side layer norm, then side_final_upsample. The gate convention here follows that code (μ weighs the side
+stream). The paper's abstract and Figure 3's caption (§3.2) were read; the method text itself was not.
 """
 from __future__ import annotations
 
@@ -78,7 +88,7 @@ class LadderSideNetwork(Wrapper):
             raise ValueError(f"side width {d_s} must be a multiple of n_heads {sym['n_heads']}")
         self.T = config.gate_temperature
         self.ladders = nn.ModuleList(nn.Linear(d, d_s) for _ in range(L + 1))  # W_0..W_L: (d_s, d)
-        # α = 0: μ = 1/2, the side path and the ladder weigh the same at the start (the paper's init)
+        # α = 0: μ = 1/2, the side path and the ladder weigh the same at the start (the authors' gate_alpha)
         self.alpha = nn.Parameter(torch.zeros(L))                                # (L,)
         self.side = nn.ModuleList(SideBlock(d_s, d_f, sym["n_heads"], causal) for _ in range(L))
         self.ln_out = nn.LayerNorm(d_s)
@@ -98,7 +108,7 @@ class LadderSideNetwork(Wrapper):
         s = self.ladders[0](h[0])                                 # (B, T, d_s): s_0 = x_0
         for i, block in enumerate(self.side, start=1):
             x = self.ladders[i](h[i])                             # (B, T, d_s)
-            s = block(mu[i - 1] * x + (1 - mu[i - 1]) * s, mask)
+            s = block(mu[i - 1] * s + (1 - mu[i - 1]) * x, mask)  # the authors' gate: μ on the side
         out.last_hidden_state = out.last_hidden_state + self.up(self.ln_out(s))  # (B, T, d): h_L + W_up LN(s_L)
         if not wanted_hidden:
             out.hidden_states = None

@@ -72,3 +72,23 @@ def test_output_is_the_backbone_output_plus_the_upsampled_side_output():
 def test_encoder_decoder_backbones_are_refused():
     with pytest.raises(ValueError, match="encoder-decoder"):
         lst.apply(fresh("tiny-t5"), lst.LstConfig())
+
+
+def test_side_network_recomputed_from_the_backbone_hidden_states():
+    """s_0 = W_0 h_0 + b_0; s_i = f_i(μ_i s_{i-1} + (1 - μ_i)(W_i h_i + b_i)), μ_i = sigmoid(α_i / 0.1);
+    y = h_L + W_up LN(s_L) + b_up (the authors' gate: μ weighs the side stream)."""
+    model = lst.apply(fresh("tiny-bert"), lst.LstConfig(reduction_factor=4))
+    side = lst.side_network(model)
+    batch = batch_for(model)
+    model.eval()
+    with torch.no_grad():
+        side.alpha.copy_(torch.tensor([0.05, -0.2])[: len(side.alpha)])
+        h = side.base(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"]
+        s = side.ladders[0](h[0])
+        for i, block in enumerate(side.side, start=1):
+            mu = 1 / (1 + torch.exp(-side.alpha[i - 1] / 0.1))
+            s = block(mu * s + (1 - mu) * side.ladders[i](h[i]), mask)
+        expected = h[-1] + side.up(torch.nn.functional.layer_norm(s, s.shape[-1:], side.ln_out.weight,
+                                                                  side.ln_out.bias, side.ln_out.eps))
+        torch.testing.assert_close(side(**batch).last_hidden_state, expected)
