@@ -20,12 +20,24 @@ a zero gradient rather than none (deviation: Adam's momentum can still move it a
 separate modules would be skipped). In eval mode the mixture runs the averaged weights, which is what
 `average_experts(model)` collapses the mixture to (M = 1), so the collapsed model reproduces the
 inference path and stores what the catalog counts. The paper's adaptation-module sharing is the
-share_up option (one up-projection shared by the down-projection experts; which projection the paper
-shares was recalled, not checked). Initialisation: every expert
+share_up option (one up-projection shared by the down-projection experts), on by default as in the
+authors' README command. Initialisation: every expert
 as the underlying module (down Kaiming, up = 0; LoRA A Kaiming, B = 0), so the model starts equal to the
-base model on every route. The consistency term needs a second forward pass: training_hooks records the
+base model on every route (deviation: the authors' ExpertSoup keeps nn.Linear's default init for the
+up-projections too, so their model does not start at the base model). The consistency term needs a second forward pass: training_hooks records the
 batch and the logits of the first pass and `extra_loss` runs the second. Not mergeable in the adapter
 form (f between the projections); the lora form merges its averaged update into W.
+
+Checked against: the paper's method section (stochastic routing, consistency regularisation, module
+merging by weight averaging, module sharing); the authors' code github.com/microsoft/AdaMix @d361e9d6
+(src/transformers/models/expert_soup.py: MixtureSoup picks one expert per forward with randint, down and
+up mixtures routed independently, inference_level 3 averages expert weights with softmax(0) = 1/M;
+ExpertSoup with gelu placed after the attention-output and FFN-output dense layers; modeling_roberta.py
+symmetric_KL_loss with detached targets, added with weight 1 for classification; NLG/loralib/layers.py for
+the lora form, NLG/src/model.py weights the term 100 there). peft has no AdaMix. The KL is averaged over
+rows as the authors' batchmean over classifier logits (B, C); on token logits it is averaged over every
+position (the authors' NLG code drops padded positions first). Numeric pins: test_adamix.py re-computes the symmetric KL, its
+stop-gradient, and the averaged experts.
 """
 from __future__ import annotations
 
@@ -46,8 +58,9 @@ class AdaMixConfig:
     n_modules: int = 4                             # M, experts in each mixture
     base_method: str = "adapter"                   # the module mixed: adapter (Houlsby) or lora
     bottleneck: int = 16                           # adapter form: hidden size of each expert
-    activation: str = "relu"                       # adapter form: f between the projections
-    share_up: bool = False                         # adapter form: one up-projection shared by all experts
+    activation: str = "gelu"                       # adapter form: f between the projections (authors' ExpertSoup)
+    share_up: bool = True                          # adapter form: one up-projection shared by all experts
+                                                   # (the authors' README run: sharing_up 1, sharing_down 0)
     r: int = 8                                     # lora form: rank of each expert
     alpha: float = 8                               # lora form: scaling alpha / r
     consistency_weight: float = 1.0                # λ of the symmetric-KL consistency term
@@ -138,10 +151,13 @@ def average_experts(model: nn.Module) -> nn.Module:
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """½ (KL(p_a ‖ p_b) + KL(p_b ‖ p_a)), averaged over positions; logits (..., V)."""
+    """½ (KL(sg(p_a) ‖ p_b) + KL(sg(p_b) ‖ p_a)), averaged over positions; logits (..., V).
+
+    sg = stop-gradient: as in the authors' symmetric_KL_loss, each KL term's target distribution is
+    detached, so each pass is pulled towards the other and not the other way round within one term."""
     la, lb = F.log_softmax(logits_a, -1).flatten(0, -2), F.log_softmax(logits_b, -1).flatten(0, -2)  # (N, V)
-    kl_ab = F.kl_div(lb, la, log_target=True, reduction="batchmean")  # KL(p_a ‖ p_b)
-    kl_ba = F.kl_div(la, lb, log_target=True, reduction="batchmean")
+    kl_ab = F.kl_div(lb, la.detach(), log_target=True, reduction="batchmean")  # KL(sg(p_a) ‖ p_b)
+    kl_ba = F.kl_div(la, lb.detach(), log_target=True, reduction="batchmean")  # KL(sg(p_b) ‖ p_a)
     return 0.5 * (kl_ab + kl_ba)
 
 

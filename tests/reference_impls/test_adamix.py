@@ -31,7 +31,7 @@ def test_averaged_model_equals_the_inference_path_and_is_one_houlsby_adapter():
     batch = batch_for(model)
     mixture = logits(model, batch)
     mix = model.model.layers[0].mlp.down_proj
-    assert not torch.allclose(mix.W_up[0], mix.W_up[1])
+    assert not torch.allclose(mix.W_down[0], mix.W_down[1])
     collapsed = am.average_experts(copy.deepcopy(model))
     torch.testing.assert_close(logits(collapsed, batch), mixture, atol=1e-5, rtol=1e-5)
     # the collapsed mixture is exactly a Houlsby adapter with the averaged weights
@@ -65,6 +65,32 @@ def test_consistency_term_is_the_symmetric_kl_of_two_routes():
     model(**batch_for(model))
     assert consistency.loss() > 0
     assert consistency.kwargs is None and consistency.logits is None  # nothing kept after use
+    # the term is λ times the symmetric KL between the recorded pass and a second, independently routed one
+    batch = batch_for(model)
+    torch.manual_seed(2)
+    first = model(**batch).logits
+    torch.manual_seed(3)
+    term = consistency.loss()
+    torch.manual_seed(3)
+    second = model(**batch).logits
+    torch.testing.assert_close(term, 2.0 * am.symmetric_kl(first, second))
+    assert term > 0
+
+
+def test_consistency_term_stops_the_gradient_through_each_kl_target():
+    """The authors' symmetric_KL_loss detaches the target of each KL term: ∂/∂a = ½ ∂KL(sg(p_b) ‖ p_a)/∂a."""
+    a = torch.randn(2, 3, 7, requires_grad=True)
+    b = torch.randn(2, 3, 7)
+    am.symmetric_kl(a, b).backward()
+    a2 = a.detach().clone().requires_grad_(True)
+    pb = b.softmax(-1)
+    (0.5 * (pb * (pb.log() - a2.log_softmax(-1))).sum(-1).mean()).backward()  # ½ KL(sg(p_b) ‖ p_a)
+    torch.testing.assert_close(a.grad, a2.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_defaults_follow_the_authors_run():
+    """The authors' README command shares the up-projection (sharing_up 1, sharing_down 0); ExpertSoup: gelu."""
+    assert am.AdaMixConfig().share_up is True and am.AdaMixConfig().activation == "gelu"
 
 
 def test_shared_up_projection_keeps_one_up_expert_per_mixture():
