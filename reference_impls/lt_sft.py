@@ -13,9 +13,18 @@ apply() runs phase 1 on a copy of the model (full_ft_steps Adam steps over `data
 picks the K entries, and returns the original model, untouched (θ0, the paper's reset), with a sparse
 delta φ on those K entries (reference_impls/_partial.py); phase 2 is ordinary training of that model with
 `training_hooks` adding the L1 pull. L1 terms are normalised by the number of parameters, as the authors'
-composable-sft library does (its coefficient 0.1 in both phases is the default here; the normalisation is
-recalled, not checked). Task data: pass `data` to apply(); without it the built-in synthetic task is used
+composable-sft library does (the coefficient 0.1 of its example script, in both phases, is the default
+here). Task data: pass `data` to apply(); without it the built-in synthetic task is used
 (tests only). The paper's phase lengths are set in epochs per experiment; here steps.
+
+Checked against: the authors' library github.com/cambridgeltl/composable-sft @29f7872d: src/sft/trainer.py
+training_step (reg_loss = l1_reg * Σ |p - θ0| / _num_params, _num_params = every parameter of the model,
+sparse_l1_reg in the masked phase, full_l1_reg otherwise), src/sft/lt_sft.py (after full fine-tuning,
+threshold = the K-th largest |θ1 - θ0| over the maskable parameters, mask |Δ| >= threshold, parameters
+reset to θ0 before sparse fine-tuning), src/sft/sft_args.py (both coefficients default to 0.0 there;
+examples/language-modeling/train_mlm.sh passes 0.1). The paper's abstract was read, not its method
+section. Simplifications: exactly K entries (the library's >= threshold may keep ties beyond K); one
+iteration (the library's n_ft_iterations may repeat the two phases, growing the mask).
 """
 from __future__ import annotations
 
