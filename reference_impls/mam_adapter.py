@@ -1,7 +1,7 @@
 """MAM adapter (Mix-And-Match): prefix tuning on attention + a scaled parallel adapter on the FFN.
 
 Equation:   attention:  head_i = Attention(x W_q^i, [P_k^i; x W_k^i], [P_v^i; x W_v^i])     (prefix tuning)
-            FFN:        h = FFN(x) + s * W_up ReLU(W_down x + b_down) + b_up                  (parallel adapter)
+            FFN:        h = FFN(x) + s * (W_up ReLU(W_down x + b_down) + b_up)                (parallel adapter)
             where x is the FFN's input, W_down ∈ R^{bottleneck × d_model}, W_up ∈ R^{d_model × bottleneck}
 Trainable:  2 * n_virtual_tokens * n_kv_heads * d_head + 2 * d_model * bottleneck + bottleneck + d_model
             per layer                                                          (catalog: per_layer)
@@ -17,6 +17,15 @@ hands it x; this also covers BERT, whose FFN is split over two modules. W_up sta
 adapter starts silent (the prefix still changes the output). On T5 the prefix enters through every
 self-attention's cache argument (see prefix_tuning.py).
 Not mergeable: the prefix is attended to and the adapter has a nonlinearity.
+
+Checked against: the authors' code github.com/jxhe/unify-parameter-efficient-tuning @3222ce2c:
+exps/run_xsum.sh's MAM block (attn_mode prefix, attn_bn = 30; ffn_mode adapter, ffn_option parallel,
+ffn_adapter_layernorm_option none, ffn_adapter_init_option lora, ffn_adapter_scalar 4, ffn_bn = 512) and
+petl/petl_factory.py Adapter_Layer (up = up_proj(ReLU(down_proj(x))) * scale, the scale multiplying the
+up-projection's bias too; no layer norm with option none); the paper's abstract and its MAM adapter
+definition (prefix tuning with l = 30 plus a scaled parallel adapter with r = 512 on the FFN), as recorded
+in the catalog. Deviation: the authors' "lora" init also zeroes b_down; here b_down keeps nn.Linear's
+init (W_up = b_up = 0 either way, so the adapter starts silent). The adapter's dropout is left out.
 """
 from __future__ import annotations
 

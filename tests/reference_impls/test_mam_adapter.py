@@ -15,7 +15,14 @@ def _perturbed_adapter(model, path: str) -> mam.ParallelAdapter:
     adapter = model.get_submodule(path)
     with torch.no_grad():
         adapter.adapter.up.weight.normal_()
+        adapter.adapter.up.bias.normal_()
     return adapter
+
+
+def _branch(a: mam.ParallelAdapter, x: torch.Tensor) -> torch.Tensor:
+    """s * (W_up ReLU(W_down x + b_down) + b_up), written out: the scale multiplies b_up too (Adapter_Layer)."""
+    b = a.adapter
+    return 4.0 * (torch.relu(x @ b.down.weight.T + b.down.bias) @ b.up.weight.T + b.up.bias)
 
 
 def test_llama_ffn_output_is_mlp_plus_scaled_adapter_of_its_input():
@@ -23,7 +30,7 @@ def test_llama_ffn_output_is_mlp_plus_scaled_adapter_of_its_input():
     model = mam.apply(fresh("tiny-llama"), CONFIG)
     a = _perturbed_adapter(model, "model.layers.0.mlp.down_proj")
     x = torch.randn(2, 5, 32)
-    expected = base_mlp(x) + 4.0 * a.adapter(x)
+    expected = base_mlp(x) + _branch(a, x)
     torch.testing.assert_close(model.model.layers[0].mlp(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -34,7 +41,7 @@ def test_bert_split_ffn_gets_the_adapter_before_residual_and_layernorm():
     a = _perturbed_adapter(model, "bert.encoder.layer.0.output.dense")
     mine = model.bert.encoder.layer[0]
     x = torch.randn(2, 5, 32)  # the attention output, input of the FFN
-    h = base_out.dense(base_inter(x)) + 4.0 * a.adapter(x)
+    h = base_out.dense(base_inter(x)) + _branch(a, x)
     expected = base_out.LayerNorm(h + x)
     torch.testing.assert_close(mine.output(mine.intermediate(x), x), expected, atol=1e-5, rtol=1e-5)
 
