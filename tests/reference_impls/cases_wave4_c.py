@@ -1,0 +1,13 @@
+"""Cases for wave 4, helper c: the AdapterHub adapters (Pfeiffer, Compacter++, the MAD-X invertible adapter) and
+the ReFT family (LoReFT, NoReFT, DiReFT)."""
+from __future__ import annotations
+
+from impl_cases import Case, make_config
+
+# two prefix and two suffix positions of the 12-long synthetic sequences, so both units of a layer train
+REFT = dict(r=2, prefix_positions=2, suffix_positions=2)
+
+CASES = {
+    # bottleneck 32 // 4 = 8; W_up = 0 at init, so every block starts unchanged
+    "pfeiffer-adapter": Case(make_config("pfeiffer-adapter", reduction_factor=4), starts_equal=True),
+}
