@@ -10,4 +10,6 @@ REFT = dict(r=2, prefix_positions=2, suffix_positions=2)
 CASES = {
     # bottleneck 32 // 4 = 8; W_up = 0 at init, so every block starts unchanged
     "pfeiffer-adapter": Case(make_config("pfeiffer-adapter", reduction_factor=4), starts_equal=True),
+    # bottleneck 8, n = 4 divides 32 and 8; the up-projection's fast factors start at zero
+    "compacter-plus-plus": Case(make_config("compacter-plus-plus", reduction_factor=4, phm_dim=4), starts_equal=True),
 }
