@@ -12,4 +12,6 @@ CASES = {
     "pfeiffer-adapter": Case(make_config("pfeiffer-adapter", reduction_factor=4), starts_equal=True),
     # bottleneck 8, n = 4 divides 32 and 8; the up-projection's fast factors start at zero
     "compacter-plus-plus": Case(make_config("compacter-plus-plus", reduction_factor=4, phm_dim=4), starts_equal=True),
+    # the last layers of F and G start at zero, so the coupling starts as the identity
+    "invertible-adapter": Case(make_config("invertible-adapter", reduction_factor=4), starts_equal=True),
 }
