@@ -14,4 +14,6 @@ CASES = {
     "compacter-plus-plus": Case(make_config("compacter-plus-plus", reduction_factor=4, phm_dim=4), starts_equal=True),
     # the last layers of F and G start at zero, so the coupling starts as the identity
     "invertible-adapter": Case(make_config("invertible-adapter", reduction_factor=4), starts_equal=True),
+    # W h + b ≠ R h at init (both libraries initialise W, b as nn.Linear), so no ReFT starts at the base model
+    "loreft": Case(make_config("loreft", **REFT)),
 }
