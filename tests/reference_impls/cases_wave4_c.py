@@ -16,4 +16,5 @@ CASES = {
     "invertible-adapter": Case(make_config("invertible-adapter", reduction_factor=4), starts_equal=True),
     # W h + b ≠ R h at init (both libraries initialise W, b as nn.Linear), so no ReFT starts at the base model
     "loreft": Case(make_config("loreft", **REFT)),
+    "noreft": Case(make_config("noreft", **REFT)),
 }
