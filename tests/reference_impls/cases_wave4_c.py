@@ -17,4 +17,5 @@ CASES = {
     # W h + b ≠ R h at init (both libraries initialise W, b as nn.Linear), so no ReFT starts at the base model
     "loreft": Case(make_config("loreft", **REFT)),
     "noreft": Case(make_config("noreft", **REFT)),
+    "direft": Case(make_config("direft", **REFT)),
 }
