@@ -20,6 +20,12 @@ Left out: the paper's "same-track" selection of which adapters to merge (the cal
 The merged adapter is a sequential_adapter.Bottleneck (no layer norm).
 Initialisation before any merge: W_up = b_up = 0, so the model starts equal to the base model.
 Not mergeable into the base weights: f sits between the two projections.
+
+Checked against: the paper's abstract (arXiv 2308.15982: pretrained adapters merged into one by model
+fusion; the "same-track" setting); the alignment step follows Singh & Jaggi's OT fusion as summarised
+above. The method section (Sec. 3) was not re-read in this pass, and there is no authors' repository
+or peft tuner to compare with. The tests pin the merge as the mean of the aligned adapters and the
+Hungarian step as the cheapest assignment (brute force over all permutations).
 """
 from __future__ import annotations
 
