@@ -1,0 +1,14 @@
+"""Cases for wave 4, helper a: LoKr, DeLoRA, EVA, AdaMSS, Tied-LoRA, SoRA."""
+from __future__ import annotations
+
+from impl_cases import Case, make_config
+
+NO_GPT2 = ("tiny-bert", "tiny-t5", "tiny-llama")  # nn.Linear only: GPT-2's fused Conv1D is not wrapped
+
+CASES = {
+    # 32 = 4 x 8 and 16 = 4 x 4; r = 1 stores W_2 (8 x 8, 4 x 8) as rank-1 products and, with decompose_both,
+    # W_1 (4 x 4) too, so both branches of the catalog's size rule are counted; B1 = 0 makes ΔW = 0 at init.
+    # lr 5e-2: with 20 to 24 parameters per module, 1e-2 moves tiny-bert's loss by 6 % in 30 steps, 5e-2 by 19 %
+    "lokr": Case(make_config("lokr", r=1, alpha=2, decompose_both=True), archs=NO_GPT2, starts_equal=True,
+                 mergeable=True, lr=5e-2),
+}
