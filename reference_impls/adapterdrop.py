@@ -20,6 +20,15 @@ Robust training (paper Sec. 3, "robust AdapterDrop"): with `robust=True` every l
 next step (uniform over 0 .. n_layers - 1); `drop_adapters(model, n)` then removes the lowest n adapters
 for inference. The count above is the static configuration (robust=False). AdapterDrop's pruning of
 AdapterFusion adapters is a separate procedure and is not implemented here.
+
+Checked against: the paper's abstract and project page (adapters removed from the lowest layers at
+training and inference; robust training over a random number of dropped layers); the adapters library
+github.com/adapter-hub/adapters @88f18ebd (adapter_layer_base.py: a layer in `skip_layers` runs no adapter;
+notebooks/Adapter_Drop_Training.ipynb: each step skips the lowest `np.random.randint(0, 11)` layers of a
+12-layer model, i.e. 0..10, where this file draws 0..n_layers-1, 0..11 there). peft has no AdapterDrop.
+The paper's full text was not re-read in this pass: the range of the robust draw is the one unverified
+detail. Numeric pin: test_adapterdrop.py re-draws the robust schedule with random.Random(seed) and checks
+that exactly the lowest n adapters are skipped, and pins the count per number of dropped layers.
 """
 from __future__ import annotations
 

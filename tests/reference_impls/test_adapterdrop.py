@@ -71,6 +71,19 @@ def test_robust_training_skips_a_random_number_of_lowest_adapters_then_drop_remo
     assert len(ran) == 1
 
 
+def test_robust_schedule_skips_the_lowest_n_layers_with_n_uniform_over_the_layers():
+    """n ~ U{0 .. n_layers - 1} per step from random.Random(seed); the lowest n adapters are skipped."""
+    import random
+    config = ad.AdapterDropConfig(dropped_layers=1, reduction_factor=4, robust=True, seed=7)
+    model = ad.apply(fresh("tiny-llama"), config)
+    rng = random.Random(7)
+    hooks = ad.training_hooks(model, config)
+    for step in range(20):
+        n = rng.randrange(2)
+        assert [not a.active for a in ad.adapters(model)] == [i < n for i in range(2)]
+        hooks["after_step"](step)
+
+
 def test_dropping_more_layers_than_the_model_has_is_an_error():
     with pytest.raises(ValueError, match="dropped_layers=5 must be in 0..2"):
         ad.apply(fresh("tiny-bert"), ad.AdapterDropConfig())  # the paper's default 5, on a 2-layer model
