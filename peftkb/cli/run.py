@@ -60,6 +60,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "ln-tuning": ("tiny-bert", "tiny-t5", "tiny-gpt2"),   # LLaMA's RMSNorm gains
     "lokr": ("tiny-gpt2",),            # nn.Linear only, as peft (GPT-2 has Conv1D)
     "lst": ("tiny-t5",),
+    "longlora": ("tiny-bert", "tiny-t5", "tiny-gpt2"),   # S²-Attn re-implements Llama's attention
     "pissa": ("tiny-llama",),   # r = 128 exceeds the grouped-query k/v width 64
     "s3delta-m": ("tiny-t5", "tiny-gpt2"),
     "s4": ("tiny-t5", "tiny-gpt2"),

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 from impl_cases import Case, make_config
 
+LLAMA = ("tiny-llama",)
+
 CASES = {
     # r = 4; B = 0 at init. A restart every 10 steps with a 2-step re-warm-up: the 3-step frozen-weights
     # check ends before the first merge (which changes W on purpose), the 30-step loss check runs through two
     "relora": Case(make_config("relora", r=4, alpha=8, reset_every=10, restart_warmup_steps=2),
                    starts_equal=True, mergeable=True),
+    # r = 4 on q, k, v, o, plus trainable copies of the embeddings and RMSNorms; Llama only (S²-Attn
+    # re-implements Llama's attention). The 12-token batch makes 4 groups of 3 in training
+    "longlora": Case(make_config("longlora", r=4, alpha=8), archs=LLAMA, starts_equal=True, mergeable=True),
 }
