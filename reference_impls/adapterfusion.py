@@ -9,13 +9,14 @@ Equation (layer l, token t; h = output of the FFN sublayer, z_n = h + adapter_n(
             s_{l,t}   = softmax_n( h_{l,t}ᵀ Q_l  ⊗  z_{l,t,n}ᵀ K_l )        attention weights over the N adapters
             z'_{l,t,n} = z_{l,t,n}ᵀ V_l
             o_{l,t}   = Σ_n s_{l,t,n} z'_{l,t,n}                           replaces h before Add & Norm
-            Q, K, V ∈ R^{d_model × d_model} with biases (AdapterHub's "dynamic" fusion).
-Trainable:  3 * d_model * d_model + 3 * d_model per layer   (catalog: per_layer), independent of N;
+            Q, K ∈ R^{d_model × d_model} with biases, V ∈ R^{d_model × d_model} without (AdapterHub's
+            "dynamic" fusion: query and key nn.Linear with bias, value bias=False).
+Trainable:  3 * d_model * d_model + 2 * d_model per layer   (catalog: per_layer), independent of N;
             the stage-1 adapters are frozen in stage 2 and not counted.
 Paper:      "AdapterFusion: Non-Destructive Task Composition for Transfer Learning", Jonas Pfeiffer et al.,
             2021 (EACL 2021), arXiv 2005.00247.
 
-Initialisation: V = I with zero bias (the paper: ones on the diagonal, the rest ~1e-6; here exactly 0),
+Initialisation: V = I (the paper and AdapterHub: ones on the diagonal, the rest 1e-6; here exactly 0),
 so that o is a convex combination of the adapters' outputs; Q, K use nn.Linear's init. With untrained
 (zero up-projection) adapters every z_n = h, so the fused model starts equal to the base model. As in
 AdapterHub, `training_hooks` adds value_reg * ||I - V||² to the loss to keep V near the identity.
@@ -23,6 +24,17 @@ Deviations: the paper's adapters also carry a layer norm, and it trains the task
 the adapters are `sequential_adapter.Bottleneck` (no layer norm) and the LM head stays frozen.
 Not mergeable: the attention weights depend on the input. save_trainable stores the fusion layers only;
 the stage-1 adapters are kept with their tasks (`train_task_adapters` returns them) and re-loaded.
+
+Checked against: the paper's description of the fusion attention (softmax over h Q · z_n K, values z_n V,
+V initialised near the identity, the two stages; as quoted in the equation above); the adapters library
+github.com/adapter-hub/adapters @88f18ebd (methods/modeling.py BertFusion, configuration/
+adapter_fusion_config.py DynamicAdapterFusionConfig, model_mixin.py get_fusion_regularization_loss =
+0.01 Σ ||I - V||², the value_reg default). Found and fixed: V had a bias, which AdapterHub's does not
+(3 d² + 2 d per layer, not 3 d² + 3 d). Deviation kept: AdapterHub attends over the adapters' branch
+outputs (up-projections, keys and values) and adds the residual h after the fusion (residual_before =
+False): o = h + Σ s_n V a_n(h); here, as in the paper's notation, z_n = h + a_n(h) and o = Σ s_n V z_n.
+The two agree at V = I and differ once V or the keys move. peft has no AdapterFusion. Numeric pins:
+test_adapterfusion.py re-computes the fusion attention and the weighted regulariser training adds.
 """
 from __future__ import annotations
 
@@ -52,10 +64,9 @@ class Fusion(nn.Module):
         super().__init__()
         self.query = nn.Linear(d_model, d_model)  # Q: (d, d), nn.Linear's init
         self.key = nn.Linear(d_model, d_model)    # K: (d, d), nn.Linear's init
-        self.value = nn.Linear(d_model, d_model)  # V: (d, d)
-        # V = I, b_V = 0: each z'_n = z_n, so o starts as a convex combination of the adapters' outputs
+        self.value = nn.Linear(d_model, d_model, bias=False)  # V: (d, d), no bias (as AdapterHub)
+        # V = I: each z'_n = z_n, so o starts as a convex combination of the adapters' outputs
         nn.init.eye_(self.value.weight)
-        nn.init.zeros_(self.value.bias)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # h: (B, T, d) sublayer output; z: (B, T, N, d) adapter outputs

@@ -58,7 +58,7 @@ def test_fusion_layer_computes_the_papers_attention():
     q = h @ f.query.weight.T + f.query.bias
     scores = torch.stack([((z @ f.key.weight.T + f.key.bias) * q).sum(-1) for z in zs], dim=-1)  # (2, 5, 3)
     s = torch.softmax(scores, dim=-1)
-    expected = sum(s[..., n:n + 1] * (z @ f.value.weight.T + f.value.bias) for n, z in enumerate(zs))
+    expected = sum(s[..., n:n + 1] * (z @ f.value.weight.T) for n, z in enumerate(zs))
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(layer.last_weights.sum(-1), torch.ones(2, 5))
 
@@ -68,7 +68,7 @@ def test_trainable_count_does_not_depend_on_the_number_of_adapters():
               for n in (1, 2, 5)}
     assert len(set(counts.values())) == 1
     d, L = 32, 2
-    assert counts[2] == L * (3 * d * d + 3 * d)
+    assert counts[2] == L * (3 * d * d + 2 * d)  # Q, K with biases, V without (AdapterHub's BertFusion)
 
 
 def test_value_regulariser_is_zero_at_init_and_grows_when_v_leaves_the_identity():
@@ -77,3 +77,5 @@ def test_value_regulariser_is_zero_at_init_and_grows_when_v_leaves_the_identity(
     with torch.no_grad():
         af.fusion_layers(model)[0].fusion.value.weight[0, 1] += 0.5
     assert af.fusion_regularization(model).item() == pytest.approx(0.25)
+    # what training adds to the loss: value_reg Σ ||I - V||² (AdapterHub: 0.01)
+    assert af.training_hooks(model, af.AdapterFusionConfig(value_reg=0.01))["extra_loss"]().item() == pytest.approx(0.0025)
