@@ -13,9 +13,17 @@ The layout follows the authors' code (MOELoRA-peft: per layer an nn.Embedding of
 Linear gate with softmax, experts of rank r // N); the authors' embedding has one spare row (task_num + 1),
 left out here. Task ids are set on the model with `set_task(model, t)` (an int for the whole batch or a
 (B,) tensor, one per example) instead of being passed through the HF forward; the default is task 0.
-Init: A_i Kaiming-uniform and B_i = 0 (LoRA's), so the model starts equal to the base model; E ~ N(0, 1)
+Init: A_i ~ N(0, 0.01²) and B_i = 0 (the authors' reset_lora_parameters), so the model starts equal to
+the base model; E ~ N(0, 1)
 (nn.Embedding's default) and W_T as nn.Linear's default, so the initial gate already differs between tasks.
 merge() folds the mixture of the task currently set (which must be one task for the whole batch).
+
+Checked against: the authors' code github.com/liuqidong07/MOELoRA-peft @2d9efa4e,
+src/MLoRA/peft/tuners/mmoelora.py (MMOELoraLinear.forward: result += B_i(A_i(x)) * scaling *
+expert_weight[..., i] summed over experts, scaling = lora_alpha / r with r the total rank; MMOELinearA/B
+split r into expert_num experts of rank r // expert_num, bias-free; Gate = bias-free Linear then
+Softmax; nn.Embedding(task_num + 1, te_dim) per layer; A ~ N(0, 0.01²), B = 0). The paper's abstract
+was read, not its method section. Simplifications: no spare embedding row; no LoRA dropout.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_impls._core import AdditiveUpdate, freeze_base, kaiming_uniform_, linear_dims, replace_modules
+from reference_impls._core import AdditiveUpdate, freeze_base, linear_dims, replace_modules
 
 
 @dataclass
@@ -47,8 +55,8 @@ class MOELoRALinear(AdditiveUpdate):
         N, r_e = config.n_experts, config.r // config.n_experts
         self.base = base
         self.scaling = config.alpha / config.r
-        A = [kaiming_uniform_(torch.empty(r_e, d_in)) for _ in range(N)]  # LoRA's init of A, per expert
-        self.A = nn.Parameter(torch.stack(A))                                   # (N, r/N, d_in)
+        # the authors' init of every expert's A: N(0, 0.01²)
+        self.A = nn.Parameter(torch.randn(N, r_e, d_in) * 0.01)                 # (N, r/N, d_in)
         # zero init: every B_i A_i = 0, so the wrapped layer starts identical to the base layer
         self.B = nn.Parameter(torch.zeros(N, d_out, r_e))                       # (N, d_out, r/N)
         self.E = nn.Embedding(config.n_tasks, config.task_dim)                  # (n_tasks, d_T), task embeddings

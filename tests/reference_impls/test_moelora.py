@@ -92,3 +92,23 @@ def test_count_matches_one_rank_r_lora_plus_gates():
     lora_part = sum(m.A.numel() + m.B.numel() for m in _layers(model))
     assert lora_part == n_targets * config.r * (32 + 32)  # q and v of tiny-bert are 32 x 32
     assert count_trainable(model) == lora_part + n_targets * config.task_dim * (config.n_tasks + config.n_experts)
+
+
+def test_forward_is_the_task_gated_sum_of_experts_and_A_starts_at_the_authors_scale():
+    """h = W0 x + b + (alpha / r) Σ_i softmax(W_T E[t])_i B_i A_i x, per example's task t."""
+    config = moelora.MOELoRAConfig(r=4, n_experts=2, n_tasks=3, task_dim=5, alpha=6)
+    torch.manual_seed(0)
+    layer = moelora.MOELoRALinear(torch.nn.Linear(40, 30), config)
+    assert abs(layer.A.std().item() - 0.01) < 0.002  # A ~ N(0, 0.01²), the authors' reset_lora_parameters
+    with torch.no_grad():
+        layer.B.normal_()
+    tasks = torch.tensor([2, 0])
+    moelora.set_task(torch.nn.ModuleList([layer]), tasks)
+    x = torch.randn(2, 3, 40)
+    expected = layer.base(x)
+    for b, t in enumerate(tasks.tolist()):
+        logits_t = layer.E.weight[t] @ layer.W_T.weight.T  # (N,)
+        w = torch.exp(logits_t) / torch.exp(logits_t).sum()
+        for i in range(2):
+            expected[b] = expected[b] + (6 / 4) * w[i] * (x[b] @ layer.A[i].T @ layer.B[i].T)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
