@@ -13,4 +13,7 @@ CASES = {
     # r = 4 on q, k, v, o, plus trainable copies of the embeddings and RMSNorms; Llama only (S²-Attn
     # re-implements Llama's attention). The 12-token batch makes 4 groups of 3 in training
     "longlora": Case(make_config("longlora", r=4, alpha=8), archs=LLAMA, starts_equal=True, mergeable=True),
+    # r = 4, 3 up-projections, 2 tasks; every B^i = 0 at init. The update is one matrix per task, merged
+    # per task by merge_task (test_mtl_lora.py), so the generic single-W merge check does not apply
+    "mtl-lora": Case(make_config("mtl-lora", r=4, alpha=8, n_up_projection=3, n_tasks=2), starts_equal=True),
 }
