@@ -55,3 +55,31 @@ def test_soup_is_the_weight_average_and_the_chosen_soup_beats_the_base_and_the_s
     everything = soup.load_soup(soup.apply(copy.deepcopy(base), config), soup.soup(adapters, list(range(D))))
     chosen_loss, all_loss, base_loss = task_loss(model, new), task_loss(everything, new), task_loss(base, new)
     assert chosen_loss < all_loss < base_loss, (chosen_loss, all_loss, base_loss)
+
+
+def test_soup_and_scores_recomputed_by_hand(monkeypatch):
+    """θ_soup = (1/l) Σ θ_d; similarity = cos(mean e_d, mean e_new); clustering = Σ_c p_new(c) p_d(c)."""
+    g = torch.Generator().manual_seed(0)
+    adapters = [[{"w": torch.randn(3, 2, generator=g)} for _ in range(2)] for _ in range(4)]  # 4 domains, 2 modules
+    out = soup.soup(adapters, [3, 1])
+    for i in range(2):
+        torch.testing.assert_close(out[i]["w"], (adapters[3][i]["w"] + adapters[1][i]["w"]) / 2)
+
+    E = [torch.randn(6, 5, generator=g) + 3 * torch.eye(5)[d] for d in range(3)] + [torch.randn(4, 5, generator=g)]
+    monkeypatch.setattr(soup, "embed", lambda model, batch, layer=-1: E[batch["id"]])
+    domains, new = [{"id": d} for d in range(3)], {"id": 3}
+    sim = soup.domain_scores(None, domains, new, soup.AdapterSoupConfig(selection="similarity"))
+    expected = torch.stack([torch.nn.functional.cosine_similarity(E[d].mean(0), E[3].mean(0), dim=0) for d in range(3)])
+    torch.testing.assert_close(sim, expected)
+
+    config = soup.AdapterSoupConfig(selection="clustering", n_clusters=2, seed=4)
+    mu = torch.cat(E[:3]).mean(0)
+    unit = [torch.nn.functional.normalize(e - mu, dim=1) for e in E]
+    centres = soup.kmeans(torch.cat(unit[:3]), 2, seed=4)
+
+    def share(e):  # p(c): fraction of the rows nearest centre c
+        nearest = ((e[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        return torch.tensor([(nearest == c).float().mean().item() for c in range(2)])
+
+    expected = torch.stack([(share(unit[d]) * share(unit[3])).sum() for d in range(3)])
+    torch.testing.assert_close(soup.domain_scores(None, domains, new, config), expected)
