@@ -25,7 +25,7 @@ Initialisation: W_up = b_up = 0 (each domain adapter starts as the identity, the
 Checked against: the paper's abstract (domain adapters trained by language modelling, weight-space
 averaging of a chosen subset at test time without training, selection by text clustering or semantic
 similarity, clustering best); the full text was not re-read in this pass, so the adapter architecture,
-l and the embedding models stay as stated above (unverified). No authors' code was found to compare
+l and the embedding models stay as stated above (unverified). No authors' code was consulted to compare
 with; peft has no AdapterSoup (its add_weighted_adapter is a related weight average for LoRA). Numeric
 pins: test_adaptersoup.py re-computes the soup, the similarity score and the clustering score by hand.
 """
