@@ -21,6 +21,14 @@ tuning) or draws N(0, 1) (init="random", peft's RANDOM); u and v are drawn from 
 (task_init="normal"), or set so that u v^T = 1 (task_init="ones": P_k = P* at the start).
 Deviation: in the paper's multitask stage the batches mix tasks and teachers are T5 models; here each step
 sums one batch per source task. Not mergeable: the prompt is input, not weight.
+
+Checked against: peft 0.21.2 (installed) tuners/multitask_prompt_tuning/model.py (prefix_task_cols /
+prefix_task_rows ~ N(0, 0.02²), prompt = P* ⊙ (cols @ rows), AVERAGE_SOURCE_TASKS = the mean of the
+source factors); the oracle test compares counts and outputs per task with it. The paper's abstract and a
+secondary summary of its §3 (prompt decomposition P_k = P* ⊙ u_k v_kᵀ, distillation from source-task
+teachers) were read; the loss L_PLM + λ (L_logits + L_hidden) is taken from §3 as first recorded here and
+was not re-read in this pass (the test pins this file's form of it: KL(teacher ‖ student) summed over the
+vocabulary and averaged over the batch, MSE over the last hidden states).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from impl_cases import batch_for, fresh, logits, perturb
-from reference_impls import multitask_prompt_tuning as mpt
+from reference_impls import multitask_prompt_tuning as mpt, prompt_tuning
 from reference_impls._core import count_trainable, synthetic_batch, train
 
 ATOL, RTOL = 1e-4, 1e-4  # float32 logits of magnitude ~5 along different summation orders (see test_common)
@@ -81,3 +81,23 @@ def test_matches_peft_count_and_outputs_per_task():
         peft_out = theirs.eval()(**batch, task_ids=task_ids)
     torch.testing.assert_close(mine.logits, peft_out.logits, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(mine.loss, peft_out.loss, atol=ATOL, rtol=RTOL)
+
+
+def test_distillation_loss_is_task_loss_plus_lambda_times_kl_and_hidden_mse():
+    """L = L_PLM + λ (KL(teacher ‖ student) summed over the vocabulary, averaged over the batch
+    + mean squared distance of the last hidden states), both over the real (non-prompt) positions."""
+    make = lambda: fresh("tiny-llama")  # noqa: E731
+    batch = synthetic_batch(make(), seed=5)
+    teacher = prompt_tuning.apply(make(), prompt_tuning.PromptTuningConfig(n_virtual_tokens=3)).eval()
+    student = mpt.apply(make(), mpt.MultitaskPromptTuningConfig(n_virtual_tokens=4, num_ranks=1, num_tasks=2))
+    student.eval()
+    B, T = batch["input_ids"].shape
+    got = mpt.distillation_loss(student, teacher, batch, task=1, lam=0.7)
+    with torch.no_grad():
+        out = student(**batch, task_ids=torch.ones(B, dtype=torch.long), output_hidden_states=True)
+        ref = teacher(**batch, output_hidden_states=True)
+    p_t = ref.logits[:, -T:].softmax(-1)
+    log_p_s = out.logits[:, -T:].log_softmax(-1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum() / B
+    mse = ((out.hidden_states[-1][:, -T:] - ref.hidden_states[-1][:, -T:]) ** 2).mean()
+    torch.testing.assert_close(got, out.loss + 0.7 * (kl + mse), atol=1e-5, rtol=1e-5)
