@@ -18,6 +18,12 @@ all virtual tokens to the input, as peft's P_TUNING does (there is no template i
 The encoder follows peft's PromptEncoder layer for layer (the paper uses the LSTM; peft defaults to the MLP),
 so that peft can serve as the oracle. Initialisation: e_i ~ N(0, 1) (nn.Embedding's init, as in peft) and
 PyTorch's default Linear/LSTM init for f. Not mergeable: the prompt is input, not weight.
+
+Checked against: peft 0.21.2 (installed) tuners/p_tuning/model.py PromptEncoder (MLP: Linear, ReLU,
+Linear, ReLU, Linear; LSTM: bidirectional nn.LSTM then Linear(2h, 2h), ReLU, Linear(2h, d_model)); the
+oracle test compares counts and outputs for both encoders. The paper's abstract was read, and its
+prompt-encoder description (a bidirectional LSTM over the virtual-token embeddings followed by a ReLU MLP)
+as recorded in the catalog; the paper's section text was not re-read in this pass.
 """
 from __future__ import annotations
 
