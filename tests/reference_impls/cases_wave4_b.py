@@ -35,4 +35,7 @@ CASES = {
     "cpt": Case(make_config("cpt", n_virtual_tokens=8, token_ids=CPT_CONTEXT, type_mask=(1, 2, 3, 4, 5, 6, 7, 8),
                             epsilon=4.0, format_epsilon=4.0), archs=DECODERS, starts_equal=True,
                 init_reference=lambda base, config: ReadsContext(base, config.token_ids), lr=3e-2),
+    # one task (the default: no task ids needed), 3 rank-4 skills in 2 MHR blocks; B = 0, so the update starts at
+    # 0; a single task's mixture is one low-rank update, which merges
+    "poly": Case(make_config("poly", r=4, n_tasks=1, n_skills=3, n_splits=2), starts_equal=True, mergeable=True),
 }
