@@ -15,6 +15,13 @@ norm); that module is shared with mam_adapter.py, of which this method is the FF
 whole branch output, up-projection bias included (as in the authors' code). W_up and b_up start at zero
 (the paper's code initialises the up-projection to zero, as LoRA does B), so the model starts equal to
 the base model. Not mergeable: the ReLU sits between the projections.
+
+Checked against: the authors' code github.com/jxhe/unify-parameter-efficient-tuning @3222ce2c,
+petl/petl_factory.py Adapter_Layer (down_proj, ReLU, up_proj, output times adapter_scalar, bias
+included; init_option "lora": Kaiming-uniform W_down, zero W_up, b_down and b_up) and exps/run_xsum.sh
+(ffn_option parallel, ffn_bn 512, ffn_adapter_scalar 4, layer norm option none); the paper's abstract.
+Deviation: b_down keeps nn.Linear's init instead of zero (the branch is silent at init either way); the
+adapter's dropout is left out.
 """
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ def test_llama_ffn_output_is_mlp_plus_scaled_adapter_of_its_input():
     model = pa.apply(fresh("tiny-llama"), CONFIG)
     a = _perturbed(model.model.layers[1].mlp.down_proj)
     x = torch.randn(2, 5, 32)
-    expected = base_mlp(x) + 4.0 * a.adapter(x)
+    b = a.adapter  # s · (ReLU(x W_down + b_down) W_up + b_up), written out
+    expected = base_mlp(x) + 4.0 * (torch.relu(x @ b.down.weight.T + b.down.bias) @ b.up.weight.T + b.up.bias)
     torch.testing.assert_close(model.model.layers[1].mlp(x), expected, atol=1e-5, rtol=1e-5)
 
 
