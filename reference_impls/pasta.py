@@ -15,6 +15,12 @@ Initialisation: m = 0, so the model starts equal to the base model (the paper do
 The vectors change hidden states, not weights, and only at some positions: not mergeable. The paper
 trains BERT/RoBERTa with a task head; here the LM head stays frozen; Llama is supported the same way
 (first and last token).
+
+Checked against: the paper's abstract (arXiv 2210.04382: only the special tokens' representations, e.g.
+[CLS] and [SEP], are modified, before the self-attention module at each layer) and §1-§2 (vectors added to
+the hidden states of special tokens, sequence length unchanged, P-tuning v2's per-layer setting); §3's
+equations were not read in this pass, and no authors' repository or peft tuner was compared. The test
+pins the per-position addition (m_p exactly at the p-th special token, nothing elsewhere).
 """
 from __future__ import annotations
 
