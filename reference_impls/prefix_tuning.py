@@ -28,6 +28,14 @@ in front (zero bias, never masked): prefix slots carry no position, real tokens 
 positions. The decoder's cross-attention is left as it is.
 Not supported: generation with a cache of its own (the hook replaces it). Not mergeable: the prefix is
 attended to, not added to a weight.
+
+Checked against: peft 0.21.2 (installed) tuners/prefix_tuning/model.py PrefixEncoder (nn.Embedding of
+the virtual tokens, then Linear(d_model, hidden) → Tanh → Linear(hidden, n_layers·2·kv width) when
+prefix_projection is set, the plain embedding otherwise) and its past_key_values route; the oracle tests
+compare outputs with PeftModel on decoder-only models and on BERT with the MLP. The T5 route is pinned
+by an explicit recomputation (attention over [P_k; K], [P_v; V] with the zero-bias prefix columns). The
+paper was read through its abstract and secondary summaries of §4.3 (the MLP reparameterisation);
+§4.3's text itself was not re-read in this pass.
 """
 from __future__ import annotations
 
