@@ -20,6 +20,15 @@ keeps the attention from saturating early); the target prompt starts from sample
 projections from nn.Linear's init without biases, the layer norm from (1, 0); the max-pool over the input skips
 padding positions. Left out: training one attention module jointly for several target tasks (the paper's
 multi-task variant; the module here is per model). Not mergeable: the prompt is input, not weight.
+
+Checked against: the authors' code github.com/AkariAsai/ATTEMPT @b5121e53
+(attempt/third_party/models/t5/modeling_t5.py, T5Stack with attn_method "sub": max over the input
+embeddings, attn_W_down (d -> 100, no bias), SiLU, attn_W_up, nn.LayerNorm, scores = max-pooled prompts
+(sources and target) · x / temperature, softmax over prompts, soft prompt = Σ a_j P_j + the target prompt,
+prepended to the input embeddings; temperature 2000, or d · exp(·) when learned). The paper's method
+section was not re-read in this pass; the equation above is the code's. Deviation: the authors' max-pool
+includes padding positions. peft has no ATTEMPT. Numeric pin: test_attempt.py re-computes P(x) by hand
+(max-pools, SiLU bottleneck, layer norm, T = d · e, softmax, target + weighted sum).
 """
 from __future__ import annotations
 
