@@ -11,6 +11,13 @@ BERT) per-token labels get -100 there, so the prompt is never a prediction targe
 "vocab" copies the embeddings of randomly sampled vocabulary tokens, the paper's second-best choice and
 the one that needs no labels; "labels" copies the embeddings of given token ids (the paper's class-label
 init); "random" draws from U(-0.5, 0.5) as in the paper. Not mergeable: the prompt is input, not weight.
+
+Checked against: peft 0.21.2 (installed) PromptEmbedding and PeftModel's prompt-learning forward (prompt
+in front of the input embeddings, mask ones, labels -100 over the prompt); the oracle test compares
+counts, outputs and the loss. The paper's initialisation choices are as recalled, not re-read in this
+pass: it samples from the 5,000 most common tokens of T5's vocabulary (here: any token, since the tiny
+models carry no frequency order) and, for the class-label init, fills the slots beyond the labels with
+sampled vocabulary (here the given ids are cycled).
 """
 from __future__ import annotations
 
