@@ -53,6 +53,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "autopeft": ("tiny-t5", "tiny-gpt2"),
     "bitfit": ("tiny-t5", "tiny-llama"),          # no bias terms: nothing to train
     "ciat": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
+    "delora": ("tiny-gpt2",),          # nn.Linear only, as peft (GPT-2 has Conv1D)
     "cpt": ("tiny-bert", "tiny-t5"),   # a causal LM's next-token loss over context and input
     "coda": ("tiny-t5", "tiny-llama", "tiny-gpt2"),
     "hadamard-adapter": ("tiny-t5", "tiny-llama"),

@@ -39,7 +39,7 @@ BERT_PATTERNS = dict(q=r"attention\.self\.query", k=r"attention\.self\.key", v=r
                      o=r"attention\.output\.dense", up=r"intermediate\.dense", down=r"layer\.\d+\.output\.dense")
 # catalog hyperparameter name -> peft config field names, tried in order after the name itself
 RENAME = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
-          "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",), "n_frozen_tokens": ("num_frozen_tokens",),
+          "group_size": ("qalora_group_size",), "n_frozen_tokens": ("num_frozen_tokens",),
           "stride_a": ("stride_A",), "num_b": ("num_B",), "shadow_layers": ("shadow_num_hidden_layers",)}
 PROMPT_TYPES = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT", "CARTRIDGE"}
 DATA_FREE_INITS = {"pissa", "olora"}  # other init_lora_weights values need data; the count does not depend on it

@@ -1,4 +1,4 @@
-"""Cases for wave 4, helper a: LoKr, DeLoRA, EVA, AdaMSS, Tied-LoRA, SoRA."""
+"""Cases for wave 4, helper a: LoKr, DeLoRA."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -11,4 +11,7 @@ CASES = {
     # lr 5e-2: with 20 to 24 parameters per module, 1e-2 moves tiny-bert's loss by 6 % in 30 steps, 5e-2 by 19 %
     "lokr": Case(make_config("lokr", r=1, alpha=2, decompose_both=True), archs=NO_GPT2, starts_equal=True,
                  mergeable=True, lr=5e-2),
+    # r = 4, λ = 15 (peft's default); B = 0 makes ΔW = 0 at init. lr 1e-2 is LoRA's; peft's docs suggest
+    # 10-100x LoRA's learning rate for DeLoRA
+    "delora": Case(make_config("delora", r=4), archs=NO_GPT2, starts_equal=True, mergeable=True),
 }
