@@ -16,4 +16,7 @@ CASES = {
     # r = 4, 3 up-projections, 2 tasks; every B^i = 0 at init. The update is one matrix per task, merged
     # per task by merge_task (test_mtl_lora.py), so the generic single-W merge check does not apply
     "mtl-lora": Case(make_config("mtl-lora", r=4, alpha=8, n_up_projection=3, n_tasks=2), starts_equal=True),
+    # sparse_rate 0.05: 51 of the 32 x 32 entries of S; Λ starts at Λ0 and S at 0, so W' = W up
+    # to the float32 round trip through the basis
+    "frod": Case(make_config("frod", sparse_rate=0.05), starts_equal=True, mergeable=True),
 }
