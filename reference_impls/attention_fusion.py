@@ -16,6 +16,13 @@ Deviations: the paper's module was reconstructed from its abstract and descripti
 task, attention across layers per token, about 0.0009% of BERT-base's parameters: ~1k, of the order of
 d_model = 768); its exact parameterisation (e.g. extra projections) was not checked. The paper trains a
 task head on o; here the model's frozen LM head reads o. Not mergeable.
+
+Checked against: the paper's abstract and ACL Anthology record (2022.findings-naacl.64, pp. 857-866:
+attention-based fusion of intermediate layer representations into task-attuned token representations,
+0.0009% of the parameters, decoupled from the encoder); the full text was not available to this pass, so
+the parameterisation above (one query, scaled dot product, layer-wise softmax) remains a reconstruction.
+No code was published with the paper that this pass found; peft has no equivalent. Numeric pin:
+test_attention_fusion.py re-computes softmax_l(qᵀ h^l / sqrt(d)) and the weighted sum by hand.
 """
 from __future__ import annotations
 
