@@ -158,21 +158,30 @@ def published_measurements(sources: list[EvidenceSource]) -> list[Measurement]:
 
 
 def assessment_measurements(root: Path) -> list[Measurement]:
-    """Our own `peftkb bench` results committed under benchmarks/results/<profile>/results.jsonl."""
+    """Our own `peftkb bench` results committed under benchmarks/results/<profile>/results.jsonl. Where a
+    profile searched a learning-rate grid, only the runs at the chosen rate are measurements; the other
+    rates' runs were tuning."""
+    from peftkb.bench.runner import choose_lr
+
     out = []
     for path in sorted((root / ASSESSMENT_DIR).glob("*/results.jsonl")):
         rel = str(path.relative_to(root))
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            r = json.loads(line)
+        lines = [(n, json.loads(line)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+        chosen = choose_lr([r for _, r in lines])
+        for number, r in lines:
             if r.get("status") != "ok":
                 continue
+            lr = chosen.get((r.get("model"), r.get("method")))
+            if lr is not None and r.get("lr") is not None and r["lr"] != lr:
+                continue
+            settings = dict(r.get("config") or {})
+            settings.update({k: r[k] for k in ("lr", "steps", "seed", "seq_len", "converged") if k in r})
             out.append(Measurement(
                 source=f"peftkb-bench-{r['profile']}", method=r["method"], label=r["key"], accuracy=r.get("accuracy"),
                 task=f"{r.get('task')} (test accuracy, {r.get('n_test')} examples)", model=r["model"],
                 trainable_params=r["trainable_params"], peak_memory_bytes=r.get("peak_memory_bytes"),
-                memory_kind=str(r.get("peak_memory_kind", "")), settings=dict(r.get("config") or {}),
+                memory_kind=str(r.get("peak_memory_kind", "")), settings=settings,
                 provenance=f"{rel}:{number}"))
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkb.errors import UsageError
@@ -21,6 +21,8 @@ class Split:
     test_texts: list[str]
     test_labels: list[int]
     label_names: list[str]
+    val_texts: list[str] = field(default_factory=list)    # for learning-rate choice and early stopping
+    val_labels: list[int] = field(default_factory=list)
 
 
 def corpus_dir() -> Path:
@@ -50,23 +52,29 @@ def load_bbc_news() -> tuple[list[str], list[int], list[str]]:
 
 
 def split(texts: list[str], labels: list[int], label_names: list[str], *, seed: int = 0, test_share: float = 0.2,
-          train_per_class: int | None = None, test_per_class: int | None = None) -> Split:
-    """Stratified, seeded split; optional per-class caps give balanced subsets for small profiles."""
+          train_per_class: int | None = None, test_per_class: int | None = None, val_share: float = 0.0,
+          val_per_class: int | None = None) -> Split:
+    """Stratified, seeded split; optional per-class caps give balanced subsets for small profiles.
+
+    Per topic: the first `test_share` of the shuffled articles are the test set, and `val_share` of the rest
+    the validation set (held out from training; never the test set), then the caps apply.
+    """
     rng = random.Random(seed)
-    train_x, train_y, test_x, test_y = [], [], [], []
+    parts: dict[str, tuple[list[str], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for label in range(len(label_names)):
         idx = [i for i, y in enumerate(labels) if y == label]
         rng.shuffle(idx)
         n_test = round(len(idx) * test_share)
-        test_idx, train_idx = idx[:n_test], idx[n_test:]
-        if test_per_class is not None:
-            test_idx = test_idx[:test_per_class]
-        if train_per_class is not None:
-            train_idx = train_idx[:train_per_class]
-        train_x += [texts[i] for i in train_idx]
-        train_y += [label] * len(train_idx)
-        test_x += [texts[i] for i in test_idx]
-        test_y += [label] * len(test_idx)
+        test_idx, rest = idx[:n_test], idx[n_test:]
+        n_val = round(len(rest) * val_share)
+        chosen = {"test": test_idx[:test_per_class] if test_per_class is not None else test_idx,
+                  "val": rest[:n_val][:val_per_class] if val_per_class is not None else rest[:n_val],
+                  "train": rest[n_val:][:train_per_class] if train_per_class is not None else rest[n_val:]}
+        for name, chosen_idx in chosen.items():
+            parts[name][0].extend(texts[i] for i in chosen_idx)
+            parts[name][1].extend([label] * len(chosen_idx))
+    train_x, train_y = parts["train"]
     order = list(range(len(train_x)))
     rng.shuffle(order)  # mix the classes within an epoch
-    return Split([train_x[i] for i in order], [train_y[i] for i in order], test_x, test_y, label_names)
+    return Split([train_x[i] for i in order], [train_y[i] for i in order], *parts["test"], label_names,
+                 *parts["val"])

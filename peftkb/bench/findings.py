@@ -7,6 +7,8 @@ Verdicts:
 
 - "supported": the runs agree with the claim by the rule;
 - "not supported": the runs contradict it by the rule;
+- "not distinguishable": the difference the rule turns on lies inside the seeds' spread (the two means
+  differ by no more than the sum of their standard deviations over seeds);
 - "not testable": the runs lack what the rule needs (a method or model missing, a failed run).
 
 The survey measured GLUE, translation and generation on GPUs with RoBERTa, T5 and LLaMA; these runs are
@@ -41,6 +43,11 @@ def _by_model(cells: list[Cell]) -> dict[str, dict[str, Cell]]:
     return out
 
 
+def _inside_spread(a: float, a_sd: float | None, b: float, b_sd: float | None) -> bool:
+    """Whether two seed means differ by no more than their spread (one standard deviation each)."""
+    return abs(a - b) <= (a_sd or 0.0) + (b_sd or 0.0)
+
+
 def models_by_size(cells: list[Cell]) -> list[str]:
     """The models the cells cover, smallest first (unknown ones last, by name)."""
     present = {c.model for c in cells}
@@ -49,8 +56,9 @@ def models_by_size(cells: list[Cell]) -> list[str]:
 
 def match_full_fine_tuning(cells: list[Cell], n_test: dict[str, int]) -> Finding:
     claim = "Most PEFT methods match or beat full fine-tuning while training far fewer parameters."
-    rule = ("On every model, more than half of the PEFT methods reach full fine-tuning's accuracy minus two "
-            "standard errors of that accuracy (binomial, over the test articles).")
+    rule = ("On every model, more than half of the PEFT methods reach full fine-tuning's accuracy minus its "
+            "spread: two standard errors (binomial, over the test articles) or two standard deviations over "
+            "seeds, whichever is larger.")
     by_model = _by_model(cells)
     parts, verdicts = [], []
     for model in models_by_size(cells):
@@ -62,7 +70,7 @@ def match_full_fine_tuning(cells: list[Cell], n_test: dict[str, int]) -> Finding
             verdicts.append(None)
             continue
         p = ft.accuracy_mean or 0.0
-        floor = p - 2 * math.sqrt(max(p * (1 - p), 1e-12) / n_test[model])
+        floor = p - 2 * max(math.sqrt(max(p * (1 - p), 1e-12) / n_test[model]), ft.accuracy_std or 0.0)
         matching = sorted(m for m, c in peft.items() if (c.accuracy_mean or 0.0) >= floor)
         verdicts.append(len(matching) > len(peft) / 2)
         parts.append(f"{model}: {len(matching)} of {len(peft)} PEFT methods reach {100 * floor:.1f}% "
@@ -73,7 +81,8 @@ def match_full_fine_tuning(cells: list[Cell], n_test: dict[str, int]) -> Finding
 def propetl_best(cells: list[Cell]) -> Finding:
     claim = ("The ProPETL adapter has the best average score of the compared methods with about 1.5% of full "
              "fine-tuning's trainable parameters.")
-    rule = "ProPETL's accuracy, averaged over the models, is the highest of the PEFT methods run on every model."
+    rule = ("ProPETL's accuracy, averaged over the models, is the highest of the PEFT methods run on every model, "
+            "by more than the seeds' spread (else not distinguishable).")
     by_model = _by_model(cells)
     models = [m for m in models_by_size(cells) if m in by_model]
     methods = {m for runs in by_model.values() for m in runs if m != BASELINE}
@@ -83,16 +92,23 @@ def propetl_best(cells: list[Cell]) -> Finding:
     mean = {m: statistics.fmean(by_model[model][m].accuracy_mean or 0.0 for model in models) for m in everywhere}
     ranking = sorted(everywhere, key=lambda m: -mean[m])
     rank = ranking.index("propetl") + 1
+    # the spread of a model-averaged accuracy: the seeds' standard deviations, averaged over the models
+    sd = {m: statistics.fmean(by_model[model][m].accuracy_std or 0.0 for model in models) for m in everywhere}
+    rival = ranking[1] if rank == 1 else ranking[0]
     share = ", ".join(f"{model} {by_model[model]['propetl'].trainable_pct:.2f}%" for model in models
                       if by_model[model]["propetl"].trainable_pct is not None)
-    evidence = (f"ProPETL ranks {rank} of {len(ranking)} ({100 * mean['propetl']:.1f}% mean accuracy; best: "
-                f"{ranking[0]} {100 * mean[ranking[0]]:.1f}%); trainable share incl. the task head: {share}")
+    evidence = (f"ProPETL ranks {rank} of {len(ranking)} ({100 * mean['propetl']:.1f} ± {100 * sd['propetl']:.1f}% "
+                f"mean accuracy; {'runner-up' if rank == 1 else 'best'}: {rival} {100 * mean[rival]:.1f} ± "
+                f"{100 * sd[rival]:.1f}%); trainable share incl. the task head: {share}")
+    if len(ranking) > 1 and _inside_spread(mean["propetl"], sd["propetl"], mean[rival], sd[rival]):
+        return Finding(claim, rule, "not distinguishable", evidence)
     return Finding(claim, rule, "supported" if rank == 1 else "not supported", evidence)
 
 
 def qlora_least_memory(cells: list[Cell]) -> Finding:
     claim = "QLoRA reduces training memory the most."
-    rule = "On every model, QLoRA's peak memory is the lowest of all methods run."
+    rule = ("On every model, QLoRA's peak memory is the lowest of all methods run (a lower method within the "
+            "seeds' spread of QLoRA's is not distinguishable from it).")
     by_model = _by_model(cells)
     parts, verdicts = [], []
     for model in models_by_size(cells):
@@ -102,7 +118,9 @@ def qlora_least_memory(cells: list[Cell]) -> Finding:
             verdicts.append(None)
             continue
         lowest = min(runs, key=lambda m: runs[m].memory_bytes or 0)
-        verdicts.append(lowest == "qlora")
+        q, low = runs["qlora"], runs[lowest]
+        tie = lowest != "qlora" and _inside_spread(q.memory_bytes or 0, q.memory_std, low.memory_bytes or 0, low.memory_std)
+        verdicts.append("not distinguishable" if tie else lowest == "qlora")
         parts.append(f"{model}: lowest is {lowest} ({(runs[lowest].memory_bytes or 0) / 2**20:,.0f} MiB; "
                      f"QLoRA {(runs['qlora'].memory_bytes or 0) / 2**20:,.0f} MiB)")
     return Finding(claim, rule, _combine(verdicts), "; ".join(parts) or "no runs")
@@ -128,10 +146,14 @@ def savings_grow_with_size(cells: list[Cell]) -> Finding:
     return Finding(claim, rule, "supported" if grows else "not supported", evidence)
 
 
-def _combine(verdicts: list[bool | None]) -> str:
+def _combine(verdicts: list[bool | str | None]) -> str:
+    """All models must agree: one untestable model makes the claim untestable, one contradiction
+    contradicts it, and otherwise one tie makes it not distinguishable."""
     if not verdicts or any(v is None for v in verdicts):
         return "not testable"
-    return "supported" if all(verdicts) else "not supported"
+    if any(v is False for v in verdicts):
+        return "not supported"
+    return "not distinguishable" if any(v == "not distinguishable" for v in verdicts) else "supported"
 
 
 def check_all(cells: list[Cell], n_test: dict[str, int]) -> list[Finding]:

@@ -25,6 +25,16 @@ MODELS = ("minilm", "smollm2", "tiny-bert", "tiny-llama")
 HEAD_NAMES = ("classifier", "score")
 
 
+def is_head(name: str) -> bool:
+    """Whether a parameter belongs to the task head, which every method trains.
+
+    BERT's pooler (dense + tanh over the first token) counts as head: MiniLM's checkpoint has no pooler
+    weights, so transformers initialises it at random, and it is the counterpart of the dense layer in
+    RoBERTa's classification head, which the survey's GLUE runs train with every method.
+    """
+    return name.split(".")[0] in HEAD_NAMES or ".pooler." in f".{name}"
+
+
 def _package_dir(name: str, install: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -83,7 +93,9 @@ def load_classifier(name: str, num_labels: int, seed: int) -> tuple[Any, Any]:
     else:
         raise UsageError(f"unknown model '{name}'; use one of {', '.join(MODELS)}")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, local_files_only=True)
+    # fp32 whatever the stored precision (transformers 5 would otherwise keep a half-precision file's dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, local_files_only=True,
+                                                               dtype=torch.float32)
     if tokenizer.pad_token is None:  # decoders: pad with EOS; the classifier reads the last real token
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -91,17 +103,20 @@ def load_classifier(name: str, num_labels: int, seed: int) -> tuple[Any, Any]:
 
 
 class _ByteTokenizer:
-    """A stand-in tokenizer for the random-init smoke models: bytes -> ids, padded and truncated."""
+    """A stand-in tokenizer for the random-init smoke models: bytes -> ids (truncated), padded by `pad`."""
 
     pad_token_id = 0
 
     def __call__(self, texts: list[str], max_length: int, **_: Any) -> dict[str, Any]:
+        return {"input_ids": [[3 + b % 250 for b in t.encode("utf-8")[:max_length]] or [3] for t in texts]}
+
+    def pad(self, encoded: dict[str, list[list[int]]], return_tensors: str = "pt") -> dict[str, Any]:
         import torch
 
-        rows = [[3 + b % 250 for b in t.encode("utf-8")[:max_length]] or [3] for t in texts]
+        rows = encoded["input_ids"]
         width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+        ids = torch.tensor([r + [self.pad_token_id] * (width - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != self.pad_token_id).long()}
 
 
 def _tiny(name: str, num_labels: int) -> tuple[Any, Any]:

@@ -26,22 +26,43 @@ class Cell:
     accuracy_std: float | None
     memory_bytes: float | None
     time_per_step_s: float | None
+    memory_std: float | None = None
+    lr: float | None = None          # the learning rate of these runs (chosen on validation, for grid profiles)
+    converged: int | None = None     # runs stopped by early stopping (None: the profile has no validation split)
+    steps_mean: float | None = None
+
+
+def _sd(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
 
 
 def summarise(records: list[dict[str, Any]]) -> list[Cell]:
+    """One cell per (method, model). Where a learning-rate grid was searched, only the runs at the rate
+    chosen on seed 0's validation accuracy count (`runner.choose_lr`); the other rates' runs are tuning."""
+    from peftkb.bench.runner import choose_lr
+
+    chosen = choose_lr(records)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
+        lr = chosen.get((r.get("model"), r.get("method")))
+        if lr is not None and r.get("lr") is not None and r["lr"] != lr:
+            continue
         groups.setdefault((r["method"], r["model"]), []).append(r)
     cells = []
     for (method, model), rs in sorted(groups.items()):
         ok = [r for r in rs if r.get("status") == "ok"]
         acc = [r["accuracy"] for r in ok]
+        mem = [r["peak_memory_bytes"] for r in ok]
+        stopped = [r for r in ok if "converged" in r]
         cells.append(Cell(
             method, model, len(rs), len(rs) - len(ok),
             ok[0]["trainable_pct"] if ok else None, ok[0]["trainable_params"] if ok else None,
-            statistics.fmean(acc) if acc else None, statistics.stdev(acc) if len(acc) > 1 else (0.0 if acc else None),
-            statistics.fmean(r["peak_memory_bytes"] for r in ok) if ok else None,
-            statistics.fmean(r["time_per_step_s"] for r in ok) if ok else None))
+            statistics.fmean(acc) if acc else None, _sd(acc),
+            statistics.fmean(mem) if ok else None,
+            statistics.fmean(r["time_per_step_s"] for r in ok) if ok else None,
+            memory_std=_sd(mem), lr=ok[0].get("lr") if ok else None,
+            converged=sum(bool(r["converged"]) for r in stopped) if stopped else None,
+            steps_mean=statistics.fmean(r["steps"] for r in ok) if ok and "steps" in ok[0] else None))
     return cells
 
 
@@ -58,12 +79,17 @@ def table_rows(cells: list[Cell]) -> list[dict[str, Any]]:
                      "trainable_pct": None if c.trainable_pct is None else f"{c.trainable_pct:.3f}%",
                      "accuracy": acc, "peak_memory_mb": None if c.memory_bytes is None else round(c.memory_bytes / 2**20),
                      "s_per_step": None if c.time_per_step_s is None else round(c.time_per_step_s, 3),
-                     "runs": f"{c.runs - c.failed}/{c.runs}"})
+                     "runs": f"{c.runs - c.failed}/{c.runs}",
+                     "lr": None if c.lr is None else f"{c.lr:g}",
+                     "steps": None if c.steps_mean is None else round(c.steps_mean),
+                     # early-stopped runs / runs: a run that hit its step cap has not converged
+                     "converged": None if c.converged is None else f"{c.converged}/{c.runs - c.failed}"})
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     cols = ["method", "model", "trainable", "trainable_pct", "accuracy", "peak_memory_mb", "s_per_step", "runs"]
+    cols += [c for c in ("lr", "steps", "converged") if any(r.get(c) is not None for r in rows)]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     fmt = lambda v: "" if v is None else (f"{v:,}" if isinstance(v, int) else str(v))  # noqa: E731
     return head + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)

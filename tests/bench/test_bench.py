@@ -108,3 +108,57 @@ def test_smoke_profile_from_the_cli_records_runs_and_the_command(tmp_path):
     log = json.loads((tmp_path / "runs.json").read_text())
     assert log[-1]["command"] == f"peftkb bench --profile smoke --out {tmp_path}" and log[-1]["runs"] == 2
     assert "cores" in log[-1]["machine"] and log[-1]["wall_seconds"] > 0
+
+
+def test_validation_split_is_held_out_of_training_and_test():
+    texts, labels, names = data.load_bbc_news()
+    plain = data.split(texts, labels, names, seed=3)
+    held = data.split(texts, labels, names, seed=3, val_share=0.1)
+    assert held.test_texts == plain.test_texts  # the test set does not move when validation is added
+    assert len(held.train_texts) + len(held.val_texts) == len(plain.train_texts)
+    seen: dict[str, int] = {}
+    for t in texts:
+        seen[t] = seen.get(t, 0) + 1
+    duplicates = {t for t, n in seen.items() if n > 1}  # BBC News repeats some articles verbatim
+    assert set(held.val_texts) & (set(held.train_texts) | set(held.test_texts)) <= duplicates
+    per_topic = [held.val_labels.count(i) for i in range(5)]
+    assert all(abs(n - 0.1 * (plain.train_labels.count(i))) <= 1 for i, n in enumerate(per_topic))
+
+
+def test_learning_rate_is_chosen_on_seed_zero_validation_never_on_test():
+    rec = lambda lr, val, test, seed=0: {"model": "m", "method": "lora", "seed": seed, "lr": lr, "status": "ok",  # noqa: E731
+                                         "val_accuracy": val, "accuracy": test}
+    records = [rec(1e-3, 0.90, 0.99), rec(3e-3, 0.92, 0.50), rec(1e-2, 0.92, 0.70), rec(1e-3, 0.99, 0.99, seed=1)]
+    assert runner.choose_lr(records) == {("m", "lora"): 3e-3}   # best validation; tie -> smaller rate
+    profile = runner.Profile("g", ["lora"], ["m"], 3, 1, {}, {}, {}, {}, val_share=0.1,
+                             lr_grid={"lora": [1e-3, 3e-3, 1e-2]})
+    first = runner.plan(profile, methods=None, models=None, seeds=None, epochs=None, device="cpu", seed_list=[0])
+    assert [s.lr for s in first] == [1e-3, 3e-3, 1e-2] and first[1].key.endswith("/seed0/lr0.003")
+    rest = runner.plan(profile, methods=None, models=None, seeds=None, epochs=None, device="cpu", seed_list=[1, 2],
+                       chosen_lr=runner.choose_lr(records))
+    assert [(s.seed, s.lr) for s in rest] == [(1, 3e-3), (2, 3e-3)]
+    # the report keeps only the chosen rate's runs
+    full = [dict(r, trainable_params=10, trainable_pct=1.0, peak_memory_bytes=1, time_per_step_s=1.0, steps=5,
+                 converged=True) for r in records[:3]] + \
+        [dict(rec(3e-3, 0.91, 0.60, seed=s), trainable_params=10, trainable_pct=1.0, peak_memory_bytes=1,
+              time_per_step_s=1.0, steps=7, converged=False) for s in (1, 2)]
+    (cell,) = report.summarise(full)
+    assert cell.lr == 3e-3 and cell.runs == 3 and cell.converged == 1
+    assert abs(cell.accuracy_mean - (0.50 + 0.60 + 0.60) / 3) < 1e-12
+
+
+@pytest.mark.slow
+def test_early_stopping_reports_test_accuracy_at_the_best_validation_step(tmp_path):
+    profile = runner.Profile("es", ["lora"], ["tiny-bert"], 1, 1, {"tiny-bert": 32}, {"tiny-bert": 8},
+                             {"tiny-bert": 8}, {"tiny-bert": 4}, val_share=0.05, eval_every={"tiny-bert": 2},
+                             patience=2, step_cap={"tiny-bert": 10})
+    specs, records = runner.run_profile(profile, tmp_path, methods=None, models=None, seeds=None, epochs=None,
+                                        device="cpu", jobs=2, show_progress=False)
+    r = records[specs[0].key]
+    assert r["status"] == "ok" and r["n_val"] > 0, r
+    curve = r["val_curve"]
+    best_step, best_val = max(curve, key=lambda sv: (sv[1], -sv[0]))
+    assert r["best_step"] == best_step and abs(r["val_accuracy"] - best_val) < 1e-4
+    steps_after_best = sum(1 for s, _ in curve if s > best_step)
+    assert (r["stopped"], r["converged"]) == (("patience", True) if steps_after_best >= 2 else ("cap", False))
+    assert r["steps"] == (curve[-1][0]) and r["steps"] <= 10 and [s for s, _ in curve] == list(range(2, r["steps"] + 1, 2))

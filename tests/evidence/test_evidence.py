@@ -164,7 +164,7 @@ def test_evidence_shows_published_and_own_measurements_with_provenance():
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     sources = {r["source"] for r in rows}
-    assert {"peft-metamathqa", "peftkb-bench-cpu"} <= sources
+    assert "peft-metamathqa" in sources and any(s.startswith("peftkb-bench-") for s in sources)
     assert all(r["method"] == "lora" and r["provenance"] for r in rows)
     assert any(r["provenance"].endswith("lora--llama-3.2-3B-rank32.json") for r in rows)
 

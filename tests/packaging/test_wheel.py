@@ -53,7 +53,7 @@ def test_the_wheel_ships_taxonomy_catalog_survey_schema_and_presets(wheel: Path)
     for needed in ("peftkb/_kb/taxonomy/taxonomy.yaml", "peftkb/_kb/taxonomy/survey-xu2023.yaml",
                    "peftkb/_kb/catalog.schema.json", "peftkb/_kb/catalog/UNVERIFIED.md",
                    "peftkb/presets/llama-3.2-3b.json", "reference_impls/lora.py",
-                   "peftkb/_kb/evidence/peft-metamathqa.yaml", "peftkb/_kb/benchmarks/results/bench-cpu/results.jsonl"):
+                   "peftkb/_kb/evidence/peft-metamathqa.yaml", "peftkb/_kb/benchmarks/results/bench-cpu-quick/results.jsonl"):
         assert needed in names, needed
 
 

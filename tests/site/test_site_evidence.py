@@ -124,7 +124,8 @@ def test_method_pages_list_every_measurement_with_its_provenance(built_site, ren
     by_method: dict[str, list[Measurement]] = {}
     for m in every:
         by_method.setdefault(m.method, []).append(m)
-    assert {m.source for m in by_method["lora"]} >= {"peft-metamathqa", "peftkb-bench-cpu"}
+    assert "peft-metamathqa" in {m.source for m in by_method["lora"]}
+    assert any(m.source.startswith("peftkb-bench-") for m in by_method["lora"])  # our own runs, any profile
     for mid in ("lora", "ia3", "adalora", "bitfit"):
         page = _built(built_site, f"methods/{mid}.html")
         section = page[page.index('id="measured-evidence"'):page.index('id="hyperparameters"')]

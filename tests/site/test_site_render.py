@@ -232,24 +232,30 @@ def test_cli_build_error_is_a_message_not_a_traceback(cli, kb, copy_site):
 
 
 def test_assessment_page_shows_every_committed_run_and_every_finding(rendered):
+    from peftkb.bench import report
     from peftkb.bench.runner import PROFILES, read_results
     from peftkb.site import assessment
 
-    records = list(read_results(rendered.root / "benchmarks/results/bench-cpu/results.jsonl").values())
-    assert records, "benchmarks/results/bench-cpu/results.jsonl holds the committed cpu-profile results"
-    profile = PROFILES["cpu"]  # the committed table is complete: every method on every model, all ok
-    done = {(r["method"], r["model"]) for r in records if r["status"] == "ok"}
-    assert done == {(m, model) for m in profile.methods for model in profile.models}
+    suites = assessment.load_all(rendered.root)
+    assert suites, "benchmarks/results/bench-<profile>/results.jsonl holds committed results"
     page = (rendered.docs / "assessment.md").read_text(encoding="utf-8")
-    for r in records:
-        assert f"{r['trainable_params']:,}" in page, r["key"]
-        assert (rendered.docs / "assets" / "bench" / f"accuracy_vs_params_{r['model']}.svg").is_file()
-    a = assessment.load(rendered.root)
-    assert len(a.findings) == 4
-    for f in a.findings:
-        assert f"**{f.verdict}**" in page and f.verdict in ("supported", "not supported", "not testable")
-    for inv in a.invocations:  # provenance: the command that produced the results
-        assert inv["command"].startswith("peftkb bench") and inv["machine"]
+    for a in suites:
+        records = [r for folder in a.folders
+                   for r in read_results(rendered.root / folder / "results.jsonl").values()]
+        # each committed profile's table is complete: every method on every model, all ok
+        for name in a.profiles:
+            profile = PROFILES[name]
+            done = {(r["method"], r["model"]) for r in records if r["status"] == "ok" and r["profile"] == name}
+            assert done == {(m, model) for m in profile.methods for model in profile.models}, name
+        for cell in report.summarise(records):  # the table shows each cell's chosen runs
+            assert f"{cell.trainable_params:,}" in page, (cell.method, cell.model)
+        for model in a.models:
+            assert (rendered.docs / "assets" / "bench" / a.profile / f"accuracy_vs_params_{model}.svg").is_file()
+        assert f"suite-{a.profile.replace('-', '')}" in page and len(a.findings) == 4
+        for f in a.findings:
+            assert f"**{f.verdict}**" in page and f.verdict in ("supported", "not supported", "not distinguishable", "not testable")
+        for inv in a.invocations:  # provenance: the command that produced the results
+            assert inv["command"].startswith("peftkb bench") and inv["machine"]
 
 
 def test_assessment_without_results_says_how_to_make_them(tmp_path):
@@ -258,7 +264,8 @@ def test_assessment_without_results_says_how_to_make_them(tmp_path):
 
     assert assessment.load(tmp_path) is None
     env = make_environment(SITE / "templates")
-    page = env.get_template("assessment.md.j2").render(page_path="assessment.md", a=None, model=None, catalog=None)
+    assert assessment.load_all(tmp_path) == []
+    page = env.get_template("assessment.md.j2").render(page_path="assessment.md", suites=[], model=None, catalog=None)
     assert "No results committed yet" in page and "peftkb bench --profile cpu" in page
 
 

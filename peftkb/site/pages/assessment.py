@@ -15,9 +15,9 @@ from peftkb.site.templating import render_template
 
 
 def render(env: Environment, model: SiteModel, root: Path) -> dict[str, str]:
-    bench = assessment.load(root)
-    out = {"assessment.md": render_template(env, "assessment.md.j2", "assessment.md", a=bench, model=model,
+    suites = assessment.load_all(root)
+    out = {"assessment.md": render_template(env, "assessment.md.j2", "assessment.md", suites=suites, model=model,
                                             catalog=model.catalog)}
-    if bench is not None:
+    for bench in suites:
         out.update(bench.plots)  # the plots as files too, linked under each inline plot
     return out
