@@ -3,7 +3,8 @@
 Equation:   the Pfeiffer placement of pfeiffer_adapter.py (pre-LN: out = y + A(y); BERT: out = LN(y + A(LN(y))),
             y = x + h the FFN sublayer's output after its residual), with A(z) = U f(D z) where the down- and
             up-projections D: R^d -> R^k and U: R^k -> R^d (k = d_model // reduction_factor) are PHM layers
-            y = W x + b,   W = Σ_{i=1..n} A_i ⊗ B_i,   B_i = s_i t_i,  s_i ∈ R^{d_out/n × rank},  t_i ∈ R^{rank × d_in/n}
+            y = W x + b,   W = Σ_{i=1..n} A_i ⊗ B_i,   B_i = s_i t_i,
+            s_i ∈ R^{d_out/n × rank},  t_i ∈ R^{rank × d_in/n}
             with the n "slow" matrices A_i ∈ R^{n × n} shared by every PHM layer of the model and the "fast"
             factors s_i, t_i owned by the layer (rank = phm_rank; the paper's Compacter has rank 1), n = phm_dim.
 Trainable:  total  phm_dim * phm_dim * phm_dim,
@@ -15,9 +16,10 @@ Paper:      "Compacter: Efficient Low-Rank Hypercomplex Adapter Layers", Rabeeh 
 Checked against: AdapterHub adapters 1.3.0 (source commit 88f18eb: CompacterPlusPlusConfig = SeqBnConfig with
 phm_layer=True, reduction_factor=32, gelu; methods/modeling.py PHMLayer with shared_phm_rule=True,
 factorized_phm_W=True, phm_bias=True): the count above, and the outputs of `adapters` 1.3.0 (transformers
-4.57) on tiny BERT and LLaMA (phm_rank 2) with random PHM weights copied across (AdapterHub computes y = x H + b with
-H = Σ_i phm_rule_i ⊗ (W_left_i W_right_i) of shape (d_in, d_out), so A_i = phm_ruleᵢᵀ, s_i = W_right_iᵀ,
-t_i = W_left_iᵀ here; max |Δlogits| ≤ 4.1e-6 against changes of ~3 from the base model, and the same trainable count; a one-off check, `adapters` is not a test dependency).
+4.57) on tiny BERT and LLaMA (phm_rank 2) with random PHM weights copied across: AdapterHub computes
+y = x H + b with H = Σ_i phm_rule_i ⊗ (W_left_i W_right_i) of shape (d_in, d_out), so A_i = phm_ruleᵢᵀ,
+s_i = W_right_iᵀ, t_i = W_left_iᵀ here; max |Δlogits| ≤ 4.1e-6 against changes of ~3 from the base model, and
+the same trainable count (464). A one-off check: `adapters` is not a test dependency.
 Deviations: AdapterHub draws the factors Xavier-normal and A from N(0, 1e-4²); here the up-projection's s starts
 at zero (so W_up = 0, b_up = 0 and the model starts as the base model) and the other factors are scaled as in
 compacter.py. The paper also trains the layer norms, which stay frozen here (the catalog count leaves them out).

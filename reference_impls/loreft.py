@@ -104,7 +104,8 @@ def attach_interventions(model: nn.Module, config, orthogonal: bool, subtract: b
     """Freeze the model and hook one ReFT intervention on every block's output (shared by LoReFT, NoReFT, DiReFT)."""
     if config.r < 1:
         raise ValueError(f"r must be at least 1, got {config.r}")
-    if config.prefix_positions < 0 or config.suffix_positions < 0 or config.prefix_positions + config.suffix_positions == 0:
+    p, s = config.prefix_positions, config.suffix_positions
+    if p < 0 or s < 0 or p + s == 0:
         raise ValueError("prefix_positions and suffix_positions must be >= 0 and not both 0 (no position is edited)")
     freeze_base(model)
     d = arch_symbols(model.config)["d_model"]

@@ -15,9 +15,9 @@ Paper:      "AdapterFusion: Non-Destructive Task Composition for Transfer Learni
 
 Checked against: AdapterHub adapters 1.3.0 (source commit 88f18eb: configuration/adapter_config.py SeqBnConfig,
 methods/modeling.py Adapter.pre_forward / forward / post_forward, models/bert and models/llama modeling files):
-the placement equations above, and the outputs of `adapters` 1.3.0 (transformers 4.57) on tiny BERT, LLaMA, GPT-2 and T5 with
-random adapter weights copied across (max |Δlogits| ≤ 2.4e-6 against changes of ~4 from the base model; a
-one-off check, since `adapters` is not a test dependency).
+the placement equations above, and the outputs of `adapters` 1.3.0 (transformers 4.57) on tiny BERT, LLaMA,
+GPT-2 and T5 with random adapter weights copied across (max |Δlogits| ≤ 2.4e-6 against changes of ~4 from the
+base model; a one-off check, since `adapters` is not a test dependency).
 Deviations: AdapterHub's default init draws both projections from N(0, 0.02²); here W_up and b_up start at
 zero, so the model starts as the base model. Not mergeable: f sits between the two projections.
 """

@@ -56,7 +56,8 @@ def test_adapter_output_is_the_phm_bottleneck_added_to_the_block_output():
 
     for (_, block), (_, mine) in zip(blocks(reference), blocks(model)):
         a = mine.pfeiffer_adapter
-        block.register_forward_hook(lambda m, args, out, a=a: with_hidden(out, hidden_of(out) + branch(a, hidden_of(out))))
+        block.register_forward_hook(
+            lambda m, args, out, a=a: with_hidden(out, hidden_of(out) + branch(a, hidden_of(out))))
     batch = batch_for(model)
     expected = logits(reference, batch)
     torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-5)

@@ -52,7 +52,8 @@ def test_model_applies_the_coupling_to_the_embeddings_and_its_inverse_before_the
     perturb(model, std=0.5)
     c = model.invertible_adapter
     seen = {}
-    blocks(model)[0][1].register_forward_pre_hook(lambda m, args, kw: seen.update(block_in=kw.get("hidden_states", args[0] if args else None)), with_kwargs=True)
+    blocks(model)[0][1].register_forward_pre_hook(
+        lambda m, args, kw: seen.update(block_in=args[0] if args else kw["hidden_states"]), with_kwargs=True)
     model.lm_head.register_forward_pre_hook(lambda m, args: seen.update(head_in=args[0]))
     model.model.norm.register_forward_hook(lambda m, args, out: seen.update(norm_out=out))
     batch = batch_for(model)

@@ -54,7 +54,8 @@ def test_pre_ln_blocks_add_the_adapter_to_the_block_output():
     adapters = [block.pfeiffer_adapter for _, block in blocks(model)]
     reference = fresh("tiny-llama")
     for (_, block), a in zip(blocks(reference), adapters):
-        block.register_forward_hook(lambda m, args, out, a=a: with_hidden(out, hidden_of(out) + _branch(a, hidden_of(out))))
+        block.register_forward_hook(
+            lambda m, args, out, a=a: with_hidden(out, hidden_of(out) + _branch(a, hidden_of(out))))
     batch = batch_for(model)
     expected = logits(reference, batch)
     torch.testing.assert_close(logits(model, batch), expected, atol=1e-5, rtol=1e-5)
