@@ -52,6 +52,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "vblora": TINY_MODELS,             # vector_length 256 must divide d_in and d_out
     "autopeft": ("tiny-t5", "tiny-gpt2"),
     "bitfit": ("tiny-t5", "tiny-llama"),          # no bias terms: nothing to train
+    "cartridge": ("tiny-bert", "tiny-t5"),   # initialised from a causal decoder's key/value cache
     "ciat": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
     "delora": ("tiny-gpt2",),          # nn.Linear only, as peft (GPT-2 has Conv1D)
     "cpt": ("tiny-bert", "tiny-t5"),   # a causal LM's next-token loss over context and input
