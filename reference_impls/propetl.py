@@ -1,8 +1,8 @@
 """ProPETL: one prototype PEFT module shared by all layers, and a learned binary mask per layer.
 
 Equation:   layer l uses the sub-network  W^l = W ⊙ M^l  of a shared prototype W,
-            M^l = 1[S^l is among the top (1 - sparsity) share of S^l's entries],   S^l real-valued scores,
-            trained through the straight-through estimator  ∂L/∂S^l := ∂L/∂M^l.
+            M^l = 1[|S^l| is among the top (1 - sparsity) share of |S^l|'s entries],   S^l real-valued scores,
+            trained through the straight-through estimator  ∂L/∂|S^l| := ∂L/∂M^l (so ∂L/∂S^l = sign(S^l) ∂L/∂M^l).
             The prototype is one of three PEFT modules (`form`):
             adapter:  h ← h + (W_up ⊙ M_up^l) f((W_down ⊙ M_down^l) h + b_down) + b_up   after each FFN
             prefix:   P^l = P ⊙ M^l,  P ∈ R^{n_virtual_tokens × 2·n_kv_heads·d_head}, the keys and values
@@ -21,14 +21,27 @@ Paper:      "One Network, Many Masks: Towards More Parameter-Efficient Transfer 
 
 Initialisation. Adapter: W_up = 0 and LoRA: B = 0, so every layer starts as the identity and the model
 as the base model. The prefix form starts from a random prefix, as prefix tuning does (it changes the
-output from the first step). Scores start uniform in [0, 1), so the layers start with different random
-masks. The adapter's biases are shared and not masked.
+output from the first step). Scores start Kaiming-uniform (the authors' init of their mask scores), so
+the layers start with different random masks. The adapter's biases are shared and not masked.
 
 Deviations: the prefix form trains the prototype prefix directly, without prefix tuning's
 reparameterisation MLP; it reaches attention the way prefix tuning does (on T5 through the cache
 argument of every self-attention).
 Mergeable: the LoRA form, once its masks are fixed (merge() folds the masked update into W0); the
 adapter has a nonlinearity and the prefix is attended to, so neither merges.
+
+Checked against: the authors' code github.com/ChaosCodes/ProPETL @1c08f19c,
+propetl-roberta/src/transformers/adapters/modeling.py: GetSubnet (sort the scores, zero the lowest
+int((1 - k) · n), one the rest; backward passes the gradient straight through), AdapterSubnet /
+PrefixSubnet / LoraSubnet (masks = GetSubnet(scores.abs(), sparsity), scores Kaiming-uniform with
+a = sqrt(5), one score tensor per layer; the prefix scores one (n_layers, P, 2 d) tensor),
+forward_with_mask (W_down ⊙ mask, W_up ⊙ mask, biases unmasked); scripts/run_adapter.sh (sparsity 0.5).
+Naming: the authors' `sparsity` argument k is the share their GetSubnet KEEPS; here `sparsity` is the
+share dropped, as the catalog defines it; at the shared default 0.5 the two agree (their LoRA and prefix
+scripts pass 0.1, i.e. keep 10% in their convention). The paper's abstract was read, not its method
+section. Simplifications: the score tensors' Kaiming bound uses this file's (out, in) shapes (the
+authors' adapter masks are stored transposed, so their bound is 1/sqrt(bottleneck) for the down mask);
+no separate mask learning rate.
 """
 from __future__ import annotations
 
@@ -63,11 +76,13 @@ class ProPETLConfig:
 
 
 def topk_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
-    """Binary mask of the top `keep` share of scores, with a straight-through gradient to the scores."""
+    """Binary mask of the top `keep` share of |scores| (the authors' GetSubnet(scores.abs(), k)), with a
+    straight-through gradient to |scores|, hence sign(scores) times the mask's gradient to the scores."""
+    magnitude = scores.abs()
     k = max(1, round(keep * scores.numel()))
-    threshold = scores.flatten().topk(k).values[-1]
-    hard = (scores >= threshold).to(scores.dtype)  # 0/1, ties at the threshold have probability 0
-    return hard + (scores - scores.detach())  # value: exactly hard (the bracket is 0); gradient: identity
+    threshold = magnitude.flatten().topk(k).values[-1]
+    hard = (magnitude >= threshold).to(scores.dtype)  # 0/1, ties at the threshold have probability 0
+    return hard + (magnitude - magnitude.detach())  # value: exactly hard (the bracket is 0); gradient: identity
 
 
 # -- adapter form ---------------------------------------------------------------------------------
@@ -79,8 +94,9 @@ class MaskedAdapter(Wrapper):
         self.base = base
         self.prototype = prototype  # the same module object in every layer
         self.keep = 1 - sparsity
-        self.S_down = nn.Parameter(torch.rand_like(prototype.down.weight))  # (m, d_model)
-        self.S_up = nn.Parameter(torch.rand_like(prototype.up.weight))      # (d_model, m)
+        # scores: Kaiming-uniform, as the authors' AdapterSubnet (the mask reads |S|)
+        self.S_down = nn.Parameter(kaiming_uniform_(torch.empty_like(prototype.down.weight)))  # (m, d_model)
+        self.S_up = nn.Parameter(kaiming_uniform_(torch.empty_like(prototype.up.weight)))      # (d_model, m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base(x)  # (B, T, d_model)
@@ -100,7 +116,8 @@ class MaskedPrefix(PrefixEncoder):
         self.n_layers, self.n_kv_heads, self.d_head = n_layers, n_kv_heads, d_head
         self.n_virtual_tokens, self.keep = n_virtual_tokens, 1 - sparsity
         self.prototype = nn.Parameter(torch.randn(n_virtual_tokens, 2 * n_kv_heads * d_head))  # (P, 2·n_kv·hs)
-        self.scores = nn.Parameter(torch.rand(n_layers, n_virtual_tokens, 2 * n_kv_heads * d_head))  # (L, P, 2·n_kv·hs)
+        # one Kaiming-uniform score tensor for all layers, as the authors' PrefixSubnet
+        self.scores = nn.Parameter(kaiming_uniform_(torch.empty(n_layers, n_virtual_tokens, 2 * n_kv_heads * d_head)))  # (L, P, 2·n_kv·hs)
 
     def kv(self) -> torch.Tensor:
         P, L = self.n_virtual_tokens, self.n_layers
@@ -132,8 +149,8 @@ class MaskedLoRA(AdditiveUpdate):
         self.prototype = prototype  # shared with the same kind of matrix in every layer
         self.scaling = alpha / prototype.A.shape[0]
         self.keep = 1 - sparsity
-        self.S_A = nn.Parameter(torch.rand_like(prototype.A))  # (r, d_in)
-        self.S_B = nn.Parameter(torch.rand_like(prototype.B))  # (d_out, r)
+        self.S_A = nn.Parameter(kaiming_uniform_(torch.empty_like(prototype.A)))  # (r, d_in), as the authors' LoraSubnet
+        self.S_B = nn.Parameter(kaiming_uniform_(torch.empty_like(prototype.B)))  # (d_out, r)
         self.merged = False
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:

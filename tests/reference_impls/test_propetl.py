@@ -40,6 +40,17 @@ def test_straight_through_gradient_of_scores_is_the_gradient_of_the_mask():
     assert torch.equal(S.grad, upstream)
 
 
+def test_mask_keeps_the_largest_magnitudes_and_passes_sign_times_the_gradient():
+    """GetSubnet(scores.abs(), k) of the authors' code: the top share of |S| is kept, whatever the sign;
+    the straight-through gradient reaches S as sign(S) ⊙ ∂L/∂M."""
+    S = torch.tensor([[-0.9, 0.1, 0.5], [-0.05, 0.7, -0.3]], requires_grad=True)
+    mask = propetl.topk_mask(S, 0.5)
+    assert torch.equal(mask.detach(), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))  # |S|: .9, .7, .5 kept
+    upstream = torch.randn(2, 3)
+    (mask * upstream).sum().backward()
+    assert torch.equal(S.grad, torch.sign(S.detach()) * upstream)
+
+
 def test_scores_and_prototype_get_gradients():
     model = _model()
     with torch.no_grad():
