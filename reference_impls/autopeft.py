@@ -22,6 +22,16 @@ followed by the exact Pareto front of the evaluated candidates (no surrogate), s
 The size grids follow the paper's doubling pattern, clipped to d_model here (the exact grids were not
 checked). The prefix is trained directly (no reparameterisation MLP) and goes into the chosen blocks
 only (see _hybrid.LayerPrefix). Supported: BERT- and LLaMA-style models. Not mergeable.
+
+Checked against: the authors' code github.com/cambridgeltl/autopeft @572dcafa (adapterhub/bo/
+search_space.py: per-layer leave_out bits and three log2 reduction factors in 0..10; adapterhub/
+nas_search.py, adapter "sappa": serial and parallel bottleneck = 768 / factor, prefix length = 768 /
+factor, a factor above 768 (or a prefix below 1) removes that module, factor 512 means size 1; the
+search itself is BoTorch multi-objective BO in adapterhub/bo/). Deviation found and kept: the authors'
+sizes are d_model / 2^k, this file's grid is 2^k clipped to d_model (same doubling, other end points);
+the search is random sampling, as stated above. The paper's text was not re-read in this pass. peft has
+no AutoPEFT. Numeric pins: test_autopeft.py checks the exact Pareto front of hand-made trials and the
+count of a configuration against 2 d m + m + d + 2 P n_kv d_head.
 """
 from __future__ import annotations
 
