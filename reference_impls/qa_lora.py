@@ -22,6 +22,13 @@ same group-wise INT-N format is filled by round-to-nearest min-max quantization,
 The format and everything QA-LoRA adds (pooling, merge into β) are as in the paper. Codes are stored one
 per uint8 (not packed), and weights are dequantized on every forward in the input's dtype.
 Init as LoRA: A ~ Kaiming-uniform, B = 0, so the model starts equal to the quantized base model.
+Checked against: the authors' code github.com/yuhuixu1993/qa-lora @91604c71: peft_utils.py (the LoRA
+layer built with in_features // group_size inputs; self.qa_pool = nn.AvgPool1d(group_size) on the input;
+scaling alpha / r) and merge.py (qzeros -= (B A)ᵀ · scale / group_size / scales, scale = 16 / 64; GPTQ's
+zero point is subtracted, so this is β' = β + s (B A) / L in this file's W̃ = α Ŵ + β form); peft 0.21.2
+(installed) QALoraLinearVariant, compared by the oracle test with A rescaled by L / d_in. The paper's
+abstract was read, not its method section. group_size defaults to 16 (peft's qalora_group_size); the
+authors' scripts use 32.
 """
 from __future__ import annotations
 
