@@ -22,6 +22,12 @@ dtype. As in the paper, the constants are quantised to 8-bit floats (here torch.
 paper's paged optimisers are out of scope. Codes are packed two per byte, so the frozen weights take 4
 bits each plus about 8.5 bits per block of 64 for the constants.
 Not mergeable without giving up the 4-bit storage (QA-LoRA addresses this); merge() raises.
+Checked against: the NF4 levels against bitsandbytes' create_normal_map(offset = 0.9677) as recomputed
+from normal quantiles by the test (the values above); block sizes 64 (NF4) and 256 (constants) and the
+mean-centred 8-bit-float double quantisation as the paper's §3 describes them (recorded when this file
+was written; the section was not re-read in this pass); the LoRA part is lora.py (checked against peft).
+The tests pin the levels, the packed storage, the derived error bound and the FP8 rounding of the
+constants. bitsandbytes itself is not installed here, so no oracle comparison with its kernels is made.
 """
 from __future__ import annotations
 
