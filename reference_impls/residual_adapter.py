@@ -14,6 +14,10 @@ zero (the authors' code uses a small normal init), so the adapted model starts e
 The paper also trains task-specific embeddings and heads; they are not part of this file (nor of the
 catalog count). On T5 every encoder and decoder block gets an adapter. Not mergeable: the layer norm and
 the ReLU sit inside the branch.
+Checked against: the authors' code github.com/zlinao/VGLM @39e094f1, pytorch_transformers/modeling_vlm.py
+(Adapter: LayerNorm, project_down, ReLU, project_up, x + branch; the Block calls its task's adapter,
+MixAdapter, on the block's output; bottleneck_map gives per-task sizes 10 to 300); the paper's abstract.
+Sec. 2's equation was not re-read in this pass.
 """
 from __future__ import annotations
 
