@@ -23,6 +23,13 @@ no low-rank adapter variants); the shift is solved on the expected size with det
 stochastic relaxation); each Δb is one candidate per projection, LoRA one per projection, the adapter one
 per block. Module inits as in their own methods (LoRA B = 0, adapter W_up = 0, Δb = 0), so the supernet
 starts equal to the base model. Supported: BERT- and LLaMA-style models (see _hybrid.py). Not mergeable.
+Checked against: the authors' code github.com/thunlp/S3Delta @c8fbd098, NAS_global/s3delta.py
+(global_strategy "shift": p = σ((α - bia) / β) with bia from scipy's fsolve on Σ p·num_param =
+max_num_param·(1 - EPS), computed in numpy, so no gradient flows through it; β = 1 by default,
+argparser.py) and its defaults using_gumbel = True (a logistic-noise relaxation of the gates while
+searching) and shift_detach = True (p rescaled to p / Σp · (Σp).detach()). Here s = -bia, β = 1,
+deterministic gates (no Gumbel noise, no shift_detach rescaling), bisection instead of fsolve. The paper's
+abstract was read, not its method section.
 """
 from __future__ import annotations
 
