@@ -25,6 +25,11 @@ zero-initialised bias deltas next to the frozen biases on the attention projecti
 that the strategy exists on models without biases (LLaMA) and the base stays frozen. The design-space
 search itself (the paper's stage-wise greedy refinement S0 -> S4) is not rerun; apply() builds its
 result. Supported: BERT- and LLaMA-style models (see _hybrid.py). Not mergeable (adapters, prefix).
+Checked against: the paper's abstract (arXiv 2301.01821: the four patterns, spindle grouping, uniform
+allocation, all groups tuned, per-group strategies among Adapter, Prefix, BitFit and LoRA); the group
+sizes and the per-group mix above are recalled, not checked (see above), and there is no authors'
+repository or peft tuner to compare with. The tests pin the spindle grouping, the per-group strategies
+and the count formula.
 """
 from __future__ import annotations
 
