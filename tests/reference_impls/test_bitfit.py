@@ -14,6 +14,7 @@ def test_trains_exactly_the_biases_including_layernorm():
     assert "bert.encoder.layer.0.attention.self.query.bias" in trained
     assert "bert.encoder.layer.0.output.LayerNorm.bias" in trained
     assert all(n.endswith(".bias") for n in trained)
+    assert trained == {n for n, _ in model.named_parameters() if n.endswith(".bias")}  # every bias, nothing else
 
 
 @pytest.mark.parametrize("arch", ["tiny-llama", "tiny-t5"])
