@@ -20,6 +20,11 @@ separately; here the k entries are chosen over all parameters together (the pape
 count equals the catalog's budget exactly. The constant-Hessian step is recalled from the paper, not
 checked against its text. The selected entries are a sparse delta on the frozen tensors (_partial.py).
 Task data: pass `data` to apply(); without it the built-in synthetic task is used (tests only).
+Checked against: the authors' code github.com/fuzihaofzh/AnalyzeParameterEfficientFinetune @ea1a73b4,
+src/runner.py (user_mode bsearch: for bs_step < burnin, bs_accu[p] += grad and the optimizer step is
+skipped; at burnin, per tensor, topk(|bs_accu[p]|, k = bsearch · numel) is kept; gradients of the other
+entries are zeroed for parameters whose name starts with "encoder") and scripts/train.sh (bsearch=0.005,
+burnin=600). The paper's abstract was read; its second-order derivation (above) is as recalled.
 """
 from __future__ import annotations
 
