@@ -12,6 +12,11 @@ W_up and b_up start at exactly zero (as in the adapters library), so each adapte
 and the model as the base model, and the layer norms stay frozen (the catalog's count leaves them out).
 On T5 the attention adapter follows the self-attention only. Not mergeable: f sits between the two
 projections, so the adapter cannot be folded into a weight.
+Checked against: the authors' code github.com/google-research/adapter-bert @1a31fc6e, modeling.py
+(feedforward_adapter: x + W2 gelu(W1 x + b1) + b2, weights truncated-normal with init_scale 1e-3, biases
+zero; adapter_fn applied to the attention output projection and to the FFN output projection, after
+their dropout and before layer_norm(· + residual)); the paper's abstract and Fig. 2's placement as
+recorded above. The test pins the branch h + W_up f(W_down h + b_down) + b_up.
 """
 from __future__ import annotations
 
