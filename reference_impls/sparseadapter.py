@@ -21,6 +21,12 @@ generator seeded by `config.seed`, so the same config (and data, for SNIP) rebui
 is what lets saved values be loaded into a fresh model. Deviation: the paper plugs the pruning into five
 adapter types; this implements the Houlsby adapter. SNIP needs data: pass `data` (batches) to apply().
 Not mergeable: f sits between the projections.
+Checked against: the authors' code github.com/Shwai-He/SparseAdapter @b1900843,
+src/transformers/pruning/pruners.py (SNIP.score: |∂L/∂m| of a multiplicative mask m = |w ⊙ ∂L/∂w|,
+summed over the scoring batches; Pruner._global_mask: one threshold over all prunable scores, keeping
+ceil((1 - sparsity) · n) entries; Mag: |w|; Rand: random scores) and petl/options.py (pruner choices
+rand, mag, snip, grasp, synflow; its default there is rand). GraSP and SynFlow are not implemented. The
+paper's abstract was read, not its method section. Here exactly n - floor(sparsity · n) entries are kept.
 """
 from __future__ import annotations
 
