@@ -16,6 +16,11 @@ The procedure, at small scale:
      source tasks by the similarity of their prompts to a prompt briefly tuned on the target task.
 Without a source prompt, P starts from sampled vocabulary embeddings, as in prompt tuning. Not mergeable:
 the prompt is input, not weight.
+Checked against: the paper's abstract (arXiv 2110.07904: a prompt learned on one or more source tasks
+initialises the target prompt; task prompts as task embeddings for retrieving transferable sources); the
+two similarity measures (cosine of average tokens, average per-token cosine) are named as in the paper's
+§4 as recalled, not re-read in this pass; no authors' code or peft tuner was compared. The tests pin
+the exact copy of the source prompt and both similarities on constructed prompts.
 """
 from __future__ import annotations
 
