@@ -66,6 +66,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "pissa": ("tiny-llama",),   # r = 128 exceeds the grouped-query k/v width 64
     "s3delta-m": ("tiny-t5", "tiny-gpt2"),
     "s4": ("tiny-t5", "tiny-gpt2"),
+    "shadow": ("tiny-bert", "tiny-t5", "tiny-gpt2"),     # mirrors a Llama-family causal LM's decoder
     "u-s-bitfit": ("tiny-t5", "tiny-llama"),      # no bias terms: nothing to train
     "unipelt": ("tiny-t5", "tiny-gpt2"),
     "warp": ("tiny-t5", "tiny-llama", "tiny-gpt2"),

@@ -19,4 +19,7 @@ CASES = {
     # sparse_rate 0.05: 51 of the 32 x 32 entries of S; Λ starts at Λ0 and S at 0, so W' = W up
     # to the float32 round trip through the basis
     "frod": Case(make_config("frod", sparse_rate=0.05), starts_equal=True, mergeable=True),
+    # r = 4; W_up = 0, so the injection is a no-op and the logits start as the base model's (the loss adds
+    # the shadow's own LM term); Llama only, not mergeable (the correction depends on the input)
+    "shadow": Case(make_config("shadow", r=4), archs=LLAMA, starts_equal=True),
 }
