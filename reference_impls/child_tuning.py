@@ -10,9 +10,20 @@ Paper:      "Raise a Child in Large Language Model: Towards Effective and Genera
             Runxin Xu et al., 2021 (EMNLP 2021), arXiv 2109.05687.
 
 Implemented as gradient hooks, so any optimizer works unchanged (the authors wrap AdamW instead; the
-effect on the gradient is the same). Deviation: the authors' code masks only the encoder layers and
-trains embeddings and the task head fully; here every parameter is masked. Mode D needs data: pass
-`data` (an iterable of batches) to apply(). Mergeable trivially: no module is added.
+effect on the gradient is the same). Deviation: in mode D the authors' code computes the Fisher
+information and masks only parameters whose name contains 'layer' (the encoder layers), training
+embeddings and the task head fully; here every parameter is masked (mode F masks every parameter in
+both). Mode D needs data: pass `data` (an iterable of batches) to apply(). Mergeable trivially: no
+module is added.
+
+Checked against: the authors' code github.com/alibaba/AliceMind @a6d5afe5 (ChildTuning/
+ChildTuningOptimizer.py: F multiplies the gradient by a fresh Bernoulli(reserve_p) sample / reserve_p at
+every step, D by the fixed 0/1 mask, no rescaling; ChildTuningD.py: F(w) = Σ_batches grad² / N, the
+threshold is the (1 - reserve_p) percentile over all masked parameters together, mask = F >= threshold).
+Simplification: the authors clip each parameter's gradient to max_grad_norm before squaring it; here the
+raw gradient is squared. The paper's text was not re-read in this pass. peft has no Child-Tuning.
+Numeric pins: test_child_tuning.py checks the 1/p rescaling and the Bernoulli share (F) and re-computes
+the Fisher information and its global top-p mask by hand (D).
 """
 from __future__ import annotations
 

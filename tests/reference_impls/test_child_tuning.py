@@ -63,3 +63,25 @@ def test_mode_d_keeps_at_least_one_entry_when_the_share_rounds_to_zero():
     model = fresh("tiny-bert")
     masks = ct.fisher_masks(model, [batch_for(model)], 1e-12)
     assert sum(int(m.sum()) for m in masks.values()) == 1
+
+
+def test_mode_d_mask_is_the_global_top_share_of_the_mean_squared_gradient():
+    """F(w) = (1/N) Σ_batches (∂L/∂w)²; mask = F >= the value of the round(p n)-th largest F over all weights."""
+    model = ct.apply(fresh("tiny-llama"), ct.ChildTuningConfig(reserve_p=1.0))
+    data = [batch_for(model, seed=s) for s in range(2)]
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for batch in data:
+        for n, g in _grads_of(model, batch).items():
+            fisher[n] += g ** 2 / len(data)
+    flat = torch.cat([f.flatten() for f in fisher.values()])
+    k = round(0.2 * flat.numel())
+    threshold = flat.sort(descending=True).values[k - 1]
+    masks = ct.fisher_masks(model, data, 0.2)
+    for n, f in fisher.items():
+        torch.testing.assert_close(masks[n], f >= threshold)
+
+
+def _grads_of(model, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
