@@ -1,4 +1,4 @@
-"""Cases for wave 4, helper a: LoKr, DeLoRA."""
+"""Cases for wave 4, helper a: LoKr, DeLoRA, EVA."""
 from __future__ import annotations
 
 from impl_cases import Case, make_config
@@ -14,4 +14,7 @@ CASES = {
     # r = 4, λ = 15 (peft's default); B = 0 makes ΔW = 0 at init. lr 1e-2 is LoRA's; peft's docs suggest
     # 10-100x LoRA's learning rate for DeLoRA
     "delora": Case(make_config("delora", r=4), archs=NO_GPT2, starts_equal=True, mergeable=True),
+    # rho = 1: no redistribution, so every layer keeps r = 4 and the count is the catalog's exact case (test_eva.py
+    # compares redistributed ranks with peft); A from the PCA of the synthetic batch's inputs, B = 0
+    "eva": Case(make_config("eva", r=4, alpha=8, rho=1.0), starts_equal=True, mergeable=True),
 }
