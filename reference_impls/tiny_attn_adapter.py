@@ -22,6 +22,11 @@ the base model. Decoder-only models (LLaMA, GPT-2) get a causal mask; the paddin
 Not checked against the paper: the number of heads, the biases and the exact insertion point (Fig. 3
 shows a parallel structure); the defaults below (4 heads of size 1) are this file's choice.
 Not mergeable: softmax attention cannot be folded into a weight.
+Checked against: the paper's abstract (arXiv 2211.01979: attention with extremely small per-head
+dimensionality as an adapter, heads viewed as a mixture of experts whose weights are averaged for
+deployment); the Sec. 2 details above are as recorded when this file was written and were not re-read in
+this pass; no authors' repository was found among the public code searched, and peft has no such tuner.
+The tests pin the adapter against a hand-computed attention (with padding) and the head averaging.
 """
 from __future__ import annotations
 
