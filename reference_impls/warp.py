@@ -20,6 +20,12 @@ embeddings (the authors' code uses a linear layer with a bias, n_classes paramet
 Labels: class ids of shape (B,). A per-token label tensor (B, T), as in the repository's language-model
 batches, is read as class labels labels[:, 0] % n_classes (a convention for the shared tests, not the paper's).
 Not mergeable: the prompt is input and Θ replaces the output layer.
+Checked against: the authors' code github.com/YerevaNN/WARP @32b455fa: arp/models.py (the verbalizer is
+torch.nn.Linear(d, n_labels, bias=classifier_bias) on the pooled [MASK] representation; classifier_init
+copies the embedding rows of the class words, and lm_head.bias into the bias when there is one) and
+arp/injector.py (prompt embeddings drawn from N(mean, std) of the embedding matrix, or copied from
+given words). The paper's abstract was read, not its method section. The test pins the logits as
+Θ · T(h_[MASK]) recomputed from the frozen MLM transform.
 """
 from __future__ import annotations
 
