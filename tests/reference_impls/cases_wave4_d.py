@@ -22,4 +22,6 @@ CASES = {
     # r = 4; W_up = 0, so the injection is a no-op and the logits start as the base model's (the loss adds
     # the shadow's own LM term); Llama only, not mergeable (the correction depends on the input)
     "shadow": Case(make_config("shadow", r=4), archs=LLAMA, starts_equal=True),
+    # 10% of each q and v weight (102 of 1024 entries on 32 x 32); the sparse values start at 0
+    "supertuning": Case(make_config("supertuning", sparsity=0.9), starts_equal=True, mergeable=True),
 }
