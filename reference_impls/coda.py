@@ -27,6 +27,14 @@ its separate routers for attention queries and keys/values, and decoder-side rou
 (bottleneck, reduction_factor 3 as in its text experiments, temperature) are not all checked against
 the paper. At init the model does not equal the base model (unselected tokens skip the frozen layers).
 Not mergeable: routing is input-dependent.
+
+Checked against: the paper's method section as summarised above (Sec. 3 and Fig. 2: router scores, soft
+top-k with entropy regularisation, the frozen layer on the selected tokens only, the parallel adapter on
+all tokens; abstract: arXiv 2304.04947); the full text's appendix on the soft top-k solver and the
+pre-training recipe was not re-read in this pass, nor was any released code consulted. peft has no CoDA.
+Numeric pins: test_coda.py re-computes λ = σ((s − τ)/ε) (one τ per row, Σλ = k) and its implicit
+Jacobian σ'_i/ε (δ_ij − σ'_j / Σσ'), and the layer output X + Adapter(X) + λ_I (F(X_I) − X_I) token by
+token.
 """
 from __future__ import annotations
 

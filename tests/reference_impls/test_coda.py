@@ -67,3 +67,17 @@ def test_router_receives_gradient_through_lambda():
     model(**batch_for(model)).loss.backward()
     assert all(layer.router.grad is not None and layer.router.grad.abs().sum() > 0
                for layer in model.bert.encoder.layer)
+
+
+def test_soft_top_k_is_a_shifted_sigmoid_with_the_implicit_gradient():
+    """λ_i = σ((s_i − τ)/ε) with one τ per row, and ∂λ_i/∂s_j = σ'_i/ε (δ_ij − σ'_j / Σ_l σ'_l)."""
+    s = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+    eps, k = 0.7, 3
+    lam = coda.soft_top_k(s, k, eps=eps, steps=60)
+    tau = s - eps * torch.logit(lam)  # (2, 9): the same τ for every token of a row
+    torch.testing.assert_close(tau, tau[:, :1].expand_as(tau), atol=1e-8, rtol=0)
+    d = (lam * (1 - lam)).detach()  # σ'
+    for b in range(2):
+        expected = torch.diag(d[b]) / eps - torch.outer(d[b], d[b]) / (eps * d[b].sum())
+        jac = torch.stack([torch.autograd.grad(lam[b, i], s, retain_graph=True)[0][b] for i in range(9)])
+        torch.testing.assert_close(jac, expected, atol=1e-8, rtol=1e-6)
