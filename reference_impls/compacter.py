@@ -16,6 +16,14 @@ catalog count). Initialisation: the paper's code draws A, s, t from small random
 up-projections' s_i start at zero, so B_i = 0, W_up = 0 and (with b_up = 0) each adapter starts as the
 identity and the model as the base model; the other factors are scaled so that W has nn.Linear-like
 variance 1/d_in. Not mergeable: f sits between the two projections.
+
+Checked against: the adapters library github.com/adapter-hub/adapters @88f18ebd (configuration/
+adapter_config.py CompacterConfig: Houlsby placement (DoubleSeqBnConfig), phm_layer, reduction_factor 32,
+gelu; BnConfig's PHM defaults phm_dim 4, shared_phm_rule True, factorized_phm_W True, phm_rank 1;
+methods/modeling.py: one phm_rule per adapter, taken from the shared parameters by every layer's down
+and up projection). The paper's text was not re-read in this pass beyond the equation above (its
+W = Σ A_i ⊗ B_i with B_i = s_i t_iᵀ and shared A_i). peft has no Compacter. Numeric pins:
+test_compacter.py rebuilds W = Σ_i A_i ⊗ (s_i t_iᵀ) by hand and checks n³ + per-block counts.
 """
 from __future__ import annotations
 
