@@ -70,6 +70,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "u-s-bitfit": ("tiny-t5", "tiny-llama"),      # no bias terms: nothing to train
     "unipelt": ("tiny-t5", "tiny-gpt2"),
     "warp": ("tiny-t5", "tiny-llama", "tiny-gpt2"),
+    "xlora": TINY_MODELS,             # n_adapters = 0 by default: no experts to mix (--set n_adapters=K)
     "xattn-tuning": ("tiny-bert", "tiny-llama", "tiny-gpt2"),
 }
 
