@@ -23,7 +23,8 @@ def test_only_cross_attention_and_embeddings_change_in_every_decoder_block():
     merged = effective_weights(model, names)
     changed = {n for n, w0 in base.named_parameters() if not torch.equal(merged[n], w0)}
     expected = {f"decoder.block.{i}.layer.1.EncDecAttention.{m}.weight"
-                for i in range(base.config.num_decoder_layers) for m in "qkvo"} | {"shared.weight"}
+                for i in range(base.config.num_decoder_layers) for m in "qkvo"} | {"shared.weight"} | {
+                f"decoder.block.{i}.layer.1.layer_norm.weight" for i in range(base.config.num_decoder_layers)}
     assert changed == expected
     # the embedding change reaches every user of the tied table: encoder, decoder and output projection
     assert torch.equal(model.encoder.embed_tokens.weight, model.lm_head.weight)
@@ -33,7 +34,8 @@ def test_count_is_four_cross_attention_matrices_per_decoder_block_plus_the_embed
     base = fresh("tiny-t5")
     c = base.config
     model = xt.apply(fresh("tiny-t5"), CONFIG)
-    expected = c.num_decoder_layers * 4 * c.d_model * c.num_heads * c.d_kv + c.vocab_size * c.d_model
+    # the authors' code trains every "encoder_attn*" parameter: the projections and the sublayer's layer norm
+    expected = c.num_decoder_layers * (4 * c.d_model * c.num_heads * c.d_kv + c.d_model) + c.vocab_size * c.d_model
     assert count_trainable(model) == expected
 
 
