@@ -14,6 +14,14 @@ gradient or Adam state being stored. As in the paper the low-rank branch has no 
 delta follows the gradient direction). Init as LoRA (A ~ Kaiming-uniform, B = 0: starts equal to the base
 model). Mergeable like LoRA: merge() adds (alpha / r) B A to the current W^(t). The paper's notation
 writes the product as A B with A ∈ R^{d × r}; here B A with B ∈ R^{d_out × r}, as in lora.py.
+
+Checked against: the paper's abstract (W is updated by the delta of the product, A^(t+1) B^(t+1) −
+A^(t) B^(t), without W's gradient or momentum) and, from the paper's method, the update ratio λ, the start
+step K and the dropout-free branch as stated above; whether the paper's delta carries LoRA's alpha / r
+(here it does: the delta of the scaled product, which is what the layer adds to its output) was not
+re-verified in this pass. No authors' code was consulted; peft has no Delta-LoRA. Numeric pins:
+test_delta_lora.py checks W^(t+1) − W^(t) = λ (P^(t+1) − P^(t)) step by step, nothing before K, and the
+telescoped sum since K.
 """
 from __future__ import annotations
 
