@@ -16,6 +16,14 @@ added to an input of length T, which is the same on the real positions. Inputs l
 rejected: A has one row per position. On T5 the update goes to the
 encoder's input only, where the prompt goes. Not mergeable: P is input, and the update depends on the
 position, not on the token, so it cannot be folded into the embedding table.
+
+Checked against: the authors' code github.com/ZhengxiangShi/DePT @f0266a77 (peft/tuners/
+prompt_tuning_lora.py: lora_embedding_A (max_length × r) Kaiming-uniform(a = √5), lora_embedding_B
+(r × d) zero, scaling = lora_alpha / sqrt(r), lora_alpha 8, max_length 256; peft/peft_model.py adds
+scaling · A B to the input embeddings before the prompt is prepended; README: MAX_LENGTH 256, R 45,
+PREFIX_LENGTH 40 or 60, separate learning_rate and lora_embedding_lr). The paper's text was not re-read in
+this pass beyond its abstract. peft 0.21.2 has no DePT. Numeric pin: test_dept.py re-computes
+[P; E(x) + α/√r (A B)[:T]] and the model's logits on it by hand.
 """
 from __future__ import annotations
 
