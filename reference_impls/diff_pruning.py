@@ -13,13 +13,23 @@ Trainable:  n_params * density // 1 after pruning (catalog: trainable_params.tot
 Paper:      "Parameter-Efficient Transfer Learning with Diff Pruning", Demi Guo, Alexander Rush, Yoon Kim,
             2021 (ACL-IJCNLP 2021), arXiv 2012.07463.
 
-Defaults follow the authors' code (dguo98/DiffPruning, recalled, not checked): l = -1.5, r = 1.5,
-log α initialised to 5 (gates open), λ = 1.25e-7 on the summed penalty. w starts at 0, so δ = 0 and the
+Defaults follow the authors' code: l = -1.5, r = 1.5, log α initialised to 5 (gates open), λ = 1.25e-7
+on the summed penalty. w starts at 0, so δ = 0 and the
 model starts equal to the base model. Groups for the structured variant are whole parameter tensors.
 Use: apply() gives the L0 phase (train with `training_hooks`, which adds λ R); `prune(model, config)`
 then replaces every dense delta by a sparse one holding the k kept entries of δ (their values carry over,
 the rest go back to θ0), and training continues on those k values. Both states merge: θ0 ← θ0 + δ, with
 the deterministic gates.
+
+Checked against: the authors' code github.com/dguo98/DiffPruning @085fa7d9 (examples/backup.py:
+concrete_stretched s = σ(log u − log(1−u) + log α), z = clamp(s (r − l) + l, 0, 1); the penalty
+Σ σ(log α − log(−l/r)) times sparsity_pen; argparse and README defaults sparsity_pen 1.25e-7,
+concrete_lower −1.5, concrete_upper 1.5, alpha_init 5; README: magnitude pruning to target_sparsity
+0.005 (run_glue_mag.py) then fixed-mask fine-tuning (run_glue_fixmask_finetune.py)). Differences: the
+authors clamp u to [1e-4, 1 − 1e-4] (here 1e-6) and write dz/dlog α out by hand, which is the derivative
+autograd takes of the clamped expression here. The paper's text was not re-read in this pass. peft has no Diff
+Pruning. Numeric pins: test_diff_pruning.py re-computes the deterministic gate, the expected L0, the
+penalty training adds (λ Σ), and the top-k selection.
 """
 from __future__ import annotations
 

@@ -91,3 +91,16 @@ def test_structured_group_gate_drops_a_whole_tensor():
     assert other.delta(stochastic=False).abs().sum() > 0
     batch = batch_for(model)
     assert not torch.equal(logits(model, batch), logits(fresh("tiny-llama"), batch))
+
+
+def test_training_adds_lambda_times_the_summed_expected_l0():
+    """extra_loss = λ Σ_i σ(log α_i − log(−l/r)) over every entry of every delta (authors' sparsity_pen)."""
+    config = dp.DiffPruningConfig(density=0.05, l0_reg=0.3)
+    model = dp.apply(fresh("tiny-bert"), config)
+    deltas = dp.diff_deltas(model)
+    with torch.no_grad():
+        for d in deltas:
+            d.log_alpha.uniform_(-3, 3)
+    shift = math.log(-config.stretch_l / config.stretch_r)
+    expected = 0.3 * sum(torch.sigmoid(d.log_alpha - shift).sum() for d in deltas)
+    torch.testing.assert_close(dp.training_hooks(model, config)["extra_loss"](), expected)
