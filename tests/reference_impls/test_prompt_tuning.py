@@ -56,3 +56,16 @@ def test_matches_peft_count_outputs_and_loss(arch):
     torch.testing.assert_close(logits(ours, batch), logits(theirs, batch), atol=ATOL, rtol=RTOL)
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch).loss, theirs(**batch).loss, atol=ATOL, rtol=RTOL)
+
+
+def test_logits_are_the_frozen_models_on_the_prompt_prepended_embeddings():
+    """X' = [P; E(x)] with ones prepended to the mask, fed to the unchanged model."""
+    base = fresh("tiny-llama")
+    model = pt.apply(fresh("tiny-llama"), pt.PromptTuningConfig(n_virtual_tokens=3, init="random"))
+    batch = batch_for(model)
+    B = batch["input_ids"].shape[0]
+    x = torch.cat([model.prompt.expand(B, -1, -1), base.get_input_embeddings()(batch["input_ids"])], dim=1)
+    mask = torch.cat([torch.ones(B, 3, dtype=batch["attention_mask"].dtype), batch["attention_mask"]], dim=1)
+    expected = base(inputs_embeds=x, attention_mask=mask).logits
+    torch.testing.assert_close(model(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+    assert model.prompt.abs().max() <= 0.5  # the paper's random init U(-0.5, 0.5)
