@@ -58,3 +58,20 @@ def test_finalized_structure_equals_the_supernet_with_chosen_gates_open_and_othe
     torch.testing.assert_close(logits(final, batch), gated, atol=1e-5, rtol=1e-5)
     assert (gated - logits(fresh("tiny-llama"), batch)).abs().max() > 1e-2
     assert not hasattr(final, "structure_gates") and final.chosen == chosen
+
+
+def test_forward_gates_are_the_shifted_sigmoid_recomputed_from_alpha_and_costs():
+    """z_c = σ(α_c + s) with Σ_c z_c |θ_c| = B: recomputed from the candidates' own parameter counts,
+    and the gate a LoRA candidate applies is that z_c."""
+    model = s3.apply(fresh("tiny-llama"), CONFIG)
+    gates = model.structure_gates
+    with torch.no_grad():
+        gates.alpha.normal_(generator=torch.Generator().manual_seed(7))
+    model(**batch_for(model))
+    z = gates.z.detach().double()
+    costs = torch.tensor([c.cost for c in model.candidates], dtype=torch.float64)
+    assert (z * costs).sum().item() == pytest.approx(gates.budget_params, rel=1e-6)
+    s = torch.logit(z) - gates.alpha.detach().double()  # one shift shared by every candidate
+    torch.testing.assert_close(s, torch.full_like(s, s[0].item()), atol=1e-4, rtol=0)  # z is float32
+    i = next(i for i, c in enumerate(model.candidates) if c.kind == "lora")
+    assert model.get_submodule(model.candidates[i].name).gate[0]().item() == pytest.approx(z[i].item())
