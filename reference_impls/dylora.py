@@ -10,10 +10,19 @@ Trainable:  r_max * (d_in + d_out) per targeted module   (catalog: trainable_par
 Paper:      "DyLoRA: Parameter-Efficient Tuning of Pre-trained Models using Dynamic Search-Free Low-Rank
             Adaptation", Mojtaba Valipour et al., 2023 (EACL 2023), arXiv 2210.07558.
 
-Deviation to know about: the paper samples b once per iteration and does not say whether all modules
-share it; here every module draws its own b at each training forward pass (global torch RNG, so seeded
-runs repeat). Init as LoRA (A ~ Kaiming-uniform, B = 0): the model starts equal to the base model at
+Deviation to know about: the paper samples b once per iteration, and the authors' GLUE script draws one b
+for the whole model at every step (a TrainerCallback calling model.set_rank(randint(0, r_max), frozen=
+True)); here every module draws its own b at each training forward pass (global torch RNG, so seeded
+runs repeat). That script also trains in the frozen mode, which is off by default here. Init as LoRA (A ~ Kaiming-uniform, B = 0): the model starts equal to the base model at
 every rank. Mergeable like LoRA, at the rank set for inference.
+
+Checked against: the authors' code github.com/huawei-noah/Efficient-NLP @bb44348b (DyLoRA/loralib/
+DyLoRA.py `dynamic`: keeps the first b = current_rank + 1 columns of Bᵀ-shaped A and of B, each times
+sqrt(r_max / b), with scaling alpha / r_max in layers.py, i.e. alpha / b on the product; frozen: the
+first b − 1 detached; examples/NLU/.../run_glue.py: the per-step callback above, evaluation at every
+rank). The paper's text was not re-read in this pass. peft has no DyLoRA. Numeric pins: test_dylora.py
+re-computes h = W0 x + (alpha / b) B[:, :b] A[:b] x for several b, the sampled range r_min..r_max and
+which components get gradients in both modes.
 """
 from __future__ import annotations
 
