@@ -6,6 +6,11 @@ Paper:      none; the pretrain-then-fine-tune practice for Transformers (BERT, G
             the survey's experiments (Xu et al., arXiv 2312.12148).
 
 Nothing is added, so there is nothing to merge: the trained weights are the model.
+
+Checked against: nothing beyond its definition (no method paper; peft has no tuner for it). apply()
+unfreezes every parameter, including any an earlier step froze. Numeric pin: test_full_fine_tuning.py
+checks that the trainable count is the model's parameter count and that one SGD step moves every
+parameter by −η ∇θ L.
 """
 from __future__ import annotations
 
