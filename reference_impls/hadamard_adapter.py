@@ -21,6 +21,12 @@ restores the original. Layer norm after self-attention: BERT's attention.output.
 in GPT-2 (pre-LN) ln_2, the norm between the attention and the FFN.
 Not implemented: the paper's first step (training the task classifier alone before the adapter; our
 tiny models keep their pretrained LM head frozen) and its removal of adapters from redundant layers.
+
+Checked against: the paper as cited in the text above (Sec. 4 and Fig. 3 for the placement on the
+self-attention output and the unfrozen layer norm; the 0.033% count on BERT-base, which the catalog test
+reproduces). This pass did not re-read the paper beyond those points and found no released code to
+compare with; peft has no Hadamard adapter. Numeric pins: test_hadamard_adapter.py re-computes
+LayerNorm(W_o (W ⊙ A + b) + b_o + x) by hand and the merged projection W_o diag(W), W_o b + b_o.
 """
 from __future__ import annotations
 
