@@ -2,7 +2,7 @@
 
 Equation:   h ← h + (M_up ⊙ W_up) f((M_down ⊙ W_down) h + b_down) + b_up      (Houlsby placement)
             M = 1[S(w) among the top (1 - s) share of all adapter weights], fixed before training,
-            S(w) = |w ⊙ ∂L/∂w| on a batch of task data at initialisation (SNIP; global over all adapters),
+            S(w) = |w ⊙ Σ_batches ∂L/∂w| on task data at initialisation (SNIP; global over all adapters),
             or |w| (magnitude) or a random score; s = sparsity.
             "Large-Sparse": a larger bottleneck with a higher sparsity at the same budget,
             m' = m / (1 - s) (large_sparse_bottleneck).
@@ -21,12 +21,14 @@ generator seeded by `config.seed`, so the same config (and data, for SNIP) rebui
 is what lets saved values be loaded into a fresh model. Deviation: the paper plugs the pruning into five
 adapter types; this implements the Houlsby adapter. SNIP needs data: pass `data` (batches) to apply().
 Not mergeable: f sits between the projections.
+
 Checked against: the authors' code github.com/Shwai-He/SparseAdapter @b1900843,
-src/transformers/pruning/pruners.py (SNIP.score: |∂L/∂m| of a multiplicative mask m = |w ⊙ ∂L/∂w|,
-summed over the scoring batches; Pruner._global_mask: one threshold over all prunable scores, keeping
-ceil((1 - sparsity) · n) entries; Mag: |w|; Rand: random scores) and petl/options.py (pruner choices
-rand, mag, snip, grasp, synflow; its default there is rand). GraSP and SynFlow are not implemented. The
-paper's abstract was read, not its method section. Here exactly n - floor(sparsity · n) entries are kept.
+src/transformers/pruning/pruners.py (SNIP.score: |∂L/∂m| of a multiplicative mask m, i.e. |w ⊙ ∂L/∂w|
+with the gradient accumulated over the scoring batches before the magnitude is taken;
+Pruner._global_mask: one threshold over all prunable scores, keeping ceil((1 - sparsity) · n) entries;
+Mag: |w|; Rand: random scores) and petl/options.py (pruner choices rand, mag, snip, grasp, synflow; its
+default there is rand). GraSP and SynFlow are not implemented. The paper's abstract was read, not its
+method section. Here exactly n - floor(sparsity · n) entries are kept.
 """
 from __future__ import annotations
 
@@ -95,14 +97,14 @@ def scores(model: nn.Module, linears: list[nn.Linear], criterion: str, g: torch.
     saliency = [torch.zeros_like(lin.weight) for lin in linears]
     was_training = model.training
     model.eval()  # deterministic forward (no dropout) for the connection sensitivity
-    for batch in data:
+    for batch in data:  # gradients summed over the batches before the magnitude, as the authors' SNIP.score
         model.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
         for s, lin in zip(saliency, linears):
-            s += (lin.weight.grad * lin.weight).detach().abs()  # |∂L/∂w ⊙ w|
+            s += (lin.weight.grad * lin.weight).detach()  # ∂L/∂w ⊙ w of this batch
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return saliency
+    return [s.abs() for s in saliency]  # |Σ_batches ∂L/∂w ⊙ w|
 
 
 def apply(model: nn.Module, config: SparseAdapterConfig,

@@ -30,8 +30,8 @@ def test_snip_mask_is_exactly_the_top_share_of_weight_times_gradient():
         dense.zero_grad()
         dense(**batch).loss.backward()
         for s, lin in zip(saliency, dense_linears):
-            s += (lin.values.grad * lin.values).abs().view(lin.shape)
-    flat = torch.cat([s.flatten() for s in saliency])
+            s += (lin.values.grad * lin.values).view(lin.shape)  # summed over batches, signed
+    flat = torch.cat([s.flatten() for s in saliency]).abs()  # |w ⊙ Σ_b ∂L_b/∂w| (the authors' SNIP.score)
     keep = flat.numel() // 2
     threshold = flat.sort(descending=True).values[keep - 1]
     kept = torch.cat([torch.zeros(lin.shape).flatten().index_fill(0, lin.idx, 1.0) for lin in _sparse_linears(model)])
