@@ -26,6 +26,9 @@ up-projection's bias too; no layer norm with option none); the paper's abstract 
 definition (prefix tuning with l = 30 plus a scaled parallel adapter with r = 512 on the FFN), as recorded
 in the catalog. Deviation: the authors' "lora" init also zeroes b_down; here b_down keeps nn.Linear's
 init (W_up = b_up = 0 either way, so the adapter starts silent). The adapter's dropout is left out.
+The authors' Prefix module always trains the prefix through an MLP (wte, Linear(d, mid_dim), Tanh,
+Linear); here that reparameterisation is off by default (prefix_projection=False) because the catalog
+counts the prefix itself, and on with prefix_projection=True.
 """
 from __future__ import annotations
 
