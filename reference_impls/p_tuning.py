@@ -23,7 +23,11 @@ Checked against: peft 0.21.2 (installed) tuners/p_tuning/model.py PromptEncoder 
 Linear, ReLU, Linear; LSTM: bidirectional nn.LSTM then Linear(2h, 2h), ReLU, Linear(2h, d_model)); the
 oracle test compares counts and outputs for both encoders. The paper's abstract was read, and its
 prompt-encoder description (a bidirectional LSTM over the virtual-token embeddings followed by a ReLU MLP)
-as recorded in the catalog; the paper's section text was not re-read in this pass.
+as recorded in the catalog; the paper's section text was not re-read in this pass. The authors' code
+(github.com/THUDM/P-tuning @f4225d4d) differs in widths: LAMA/p_tuning/prompt_encoder.py uses a 2-layer
+bidirectional LSTM of hidden size d/2 then Linear(d, d), ReLU, Linear(d, d); PT-Fewshot/pet/wrapper.py an
+LSTM of hidden size d then Linear(2d, d), ReLU, Linear(d, d), or a two-layer ReLU MLP (d → d → d); this
+file keeps peft's three-layer MLP and Linear(2h, 2h) head so that peft stays the oracle.
 """
 from __future__ import annotations
 
