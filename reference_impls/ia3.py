@@ -11,6 +11,14 @@ weights (rows of W_k, W_v; columns of W_down), so the method is mergeable. On GP
 projection only the k and v thirds of the output are rescaled (peft rescales all three; the paper
 rescales keys and values). On T5 the roles k and v name the self-attention only (see _core); the paper
 also rescales the decoder's cross-attention keys and values.
+
+Checked against: the authors' code github.com/r-three/t-few @114deced (configs/ia3.json: lora_layers
+"k|v|wi_1.*" in SelfAttention, EncDecAttention and DenseReluDense, only multi_lora_b trained, i.e. one
+output-rescaling vector per layer, initialised to ones (lora_init_scale 0); rescaling wi_1's output in
+T5's gated FFN is rescaling the input of wo, as here); peft 0.21.2 `peft/tuners/ia3/layer.py` (ones init,
+feedforward layers rescale the input; the oracle test compares counts and outputs with IA3Model). The
+paper's text was not re-read in this pass. Numeric pins: test_ia3.py re-computes W_down (l_ff ⊙ x) and
+the k/v thirds of GPT-2's fused projection by hand, and matches peft.
 """
 from __future__ import annotations
 
