@@ -35,7 +35,9 @@ prefix_projection is set, the plain embedding otherwise) and its past_key_values
 compare outputs with PeftModel on decoder-only models and on BERT with the MLP. The T5 route is pinned
 by an explicit recomputation (attention over [P_k; K], [P_v; V] with the zero-bias prefix columns). The
 paper was read through its abstract and secondary summaries of §4.3 (the MLP reparameterisation);
-§4.3's text itself was not re-read in this pass.
+§4.3's text itself was not re-read in this pass. The authors' code (github.com/XiangLi1999/PrefixTuning
+@6519d30e) builds the same MLP (gpt2/train_control.py control_trans: Linear(n_embd, mid_dim), Tanh,
+Linear(mid_dim, n_layer · 2 · n_embd)) with gpt2/train_e2e.py defaults preseqlen 10 and mid_dim 512.
 """
 from __future__ import annotations
 
