@@ -14,10 +14,12 @@ init); "random" draws from U(-0.5, 0.5) as in the paper. Not mergeable: the prom
 
 Checked against: peft 0.21.2 (installed) PromptEmbedding and PeftModel's prompt-learning forward (prompt
 in front of the input embeddings, mask ones, labels -100 over the prompt); the oracle test compares
-counts, outputs and the loss. The paper's initialisation choices are as recalled, not re-read in this
-pass: it samples from the 5,000 most common tokens of T5's vocabulary (here: any token, since the tiny
-models carry no frequency order) and, for the class-label init, fills the slots beyond the labels with
-sampled vocabulary (here the given ids are cycled).
+counts, outputs and the loss. The authors' code (github.com/google-research/prompt-tuning @72285eea):
+prompt_tuning/prompts.py from_sample_of_embeddings draws rows from the first population_size embeddings
+(configs/prompts/from_class_labels.gin: population_size = 5000, the most frequent SentencePiece pieces),
+and from_embedded_list embeds the class-label texts and fills the remaining slots with that sampler.
+Here any token is sampled (the tiny models carry no frequency order) and the given label ids are cycled
+instead of filling with samples.
 """
 from __future__ import annotations
 
