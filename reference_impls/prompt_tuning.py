@@ -16,7 +16,7 @@ Checked against: peft 0.21.2 (installed) PromptEmbedding and PeftModel's prompt-
 in front of the input embeddings, mask ones, labels -100 over the prompt); the oracle test compares
 counts, outputs and the loss. The authors' code (github.com/google-research/prompt-tuning @72285eea):
 prompt_tuning/prompts.py from_sample_of_embeddings draws rows from the first population_size embeddings
-(configs/prompts/from_class_labels.gin: population_size = 5000, the most frequent SentencePiece pieces),
+(configs/prompts/from_class_labels.gin: population_size = 5000, the vocabulary's first 5000 pieces),
 and from_embedded_list embeds the class-label texts and fills the remaining slots with that sampler.
 Here any token is sampled (the tiny models carry no frequency order) and the given label ids are cycled
 instead of filling with samples.
