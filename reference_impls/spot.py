@@ -19,7 +19,10 @@ the prompt is input, not weight.
 Checked against: the paper's abstract (arXiv 2110.07904: a prompt learned on one or more source tasks
 initialises the target prompt; task prompts as task embeddings for retrieving transferable sources); the
 two similarity measures (cosine of average tokens, average per-token cosine) are named as in the paper's
-§4 as recalled, not re-read in this pass; no authors' code or peft tuner was compared. The tests pin
+§4 as recalled, not re-read in this pass. The authors' code, github.com/google-research/prompt-tuning
+@72285eea prompt_tuning/spot/README.md and configs/prompts/from_file.gin, confirms the transfer step (a
+trained prompt file read as the initial value of the target prompt); it has no retrieval code to compare
+with. The tests pin
 the exact copy of the source prompt and both similarities on constructed prompts.
 """
 from __future__ import annotations
