@@ -5,7 +5,7 @@ Equation:   P(x) = W_2 σ(W_1 M(x) + b_1) + b_2,  reshaped to (n_virtual_tokens,
             M(x) ∈ R^{d_model}: the frozen model's own last hidden state of the first token ([CLS]/<s>), or
             the mean over the input's tokens on decoder-only models (see sentence_pooling);
             W_1 ∈ R^{generator_hidden × d_model}, W_2 ∈ R^{n_virtual_tokens·d_model × generator_hidden},
-            σ = tanh.
+            σ = GELU (the authors' code; erf form).
 Trainable:  (d_model + 1) * generator_hidden + (generator_hidden + 1) * n_virtual_tokens * d_model
             (catalog: trainable_params.total; the two linear layers with their biases)
 Paper:      "IDPG: An Instance-Dependent Prompt Generation Method", Zhuofeng Wu et al., 2022 (NAACL 2022),
@@ -20,9 +20,16 @@ nn.Linear, W_2 zero and b_2 a copy of sampled vocabulary embeddings, so at the s
 same vocab-initialised prompt and the generator learns to make it instance-dependent.
 Left out: the multi-layer variant (M-IDPG, prompts generated for every layer) and the parameterised
 hypercomplex (PHM) generator; only the single-layer variant with a dense generator (S-IDPG-DNN) is here.
-Not checked against the paper's text: the defaults (5 tokens, m = 256), σ = tanh and the first-token
-representation (they follow a public re-implementation, not the authors' fairseq code).
 Not mergeable: the prompt is input, not weight.
+
+Checked against: the authors' code github.com/CSerxy/IDPG @691b282e (fairseq/models/roberta/model.py,
+sbert_mode 3: M(x) = the last hidden state of the first token, generation_dense d -> 256, gelu,
+generation_out_proj 256 -> suffix_len · d, reshaped to (suffix_len, d); suffix_len defaults to 5 in
+transformer_sentence_encoder.py). Found and fixed: σ was tanh; the authors' generator uses gelu.
+Left out: their dropout 0.1 on M(x) and on the hidden layer, and their init (init_bert_params, normal
+0.02) in favour of the prompt-tuning start described above. The paper's text was not re-read in this
+pass. peft has no IDPG. Numeric pin: test_idpg.py re-computes W_2 GELU(W_1 M(x) + b_1) + b_2 on the
+frozen model's own representation by hand.
 """
 from __future__ import annotations
 
@@ -71,7 +78,7 @@ class PromptGenerator(nn.Module):
             self.up.bias.copy_(init_prompt.reshape(-1))
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:  # (B, d_model) -> (B, P, d_model)
-        return self.up(torch.tanh(self.down(m))).view(-1, self.P, self.d)
+        return self.up(nn.functional.gelu(self.down(m))).view(-1, self.P, self.d)  # (B, P, d_model)
 
 
 class IdpgModel(PromptedModel):

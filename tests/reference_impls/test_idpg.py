@@ -31,7 +31,7 @@ def test_prompt_is_the_generator_applied_to_the_frozen_models_sentence_represent
         else:  # bidirectional encoders: the first token's state
             m = h[:, 0]
         g = model.generator
-        expected = (g.up.weight @ torch.tanh(g.down.weight @ m.T + g.down.bias[:, None]) + g.up.bias[:, None]).T
+        expected = (g.up.weight @ torch.nn.functional.gelu(g.down.weight @ m.T + g.down.bias[:, None]) + g.up.bias[:, None]).T
         got = model.prompt(batch["input_ids"], torch.zeros(4, 12, 32), mask)
     torch.testing.assert_close(got, expected.reshape(4, 3, 32), atol=1e-5, rtol=1e-5)
 
