@@ -27,8 +27,11 @@ search itself (the paper's stage-wise greedy refinement S0 -> S4) is not rerun; 
 result. Supported: BERT- and LLaMA-style models (see _hybrid.py). Not mergeable (adapters, prefix).
 Checked against: the paper's abstract (arXiv 2301.01821: the four patterns, spindle grouping, uniform
 allocation, all groups tuned, per-group strategies among Adapter, Prefix, BitFit and LoRA); the group
-sizes and the per-group mix above are recalled, not checked (see above), and there is no authors'
-repository or peft tuner to compare with. The tests pin the spindle grouping, the per-group strategies
+sizes and the per-group mix above are recalled, not checked (see above). The authors' repository
+(github.com/amazon-science/peft-design-spaces @e3e8cee1) does not settle them: the README runs the S4-model
+as adapter_config "PEFT", and configuration.py's PEFTConfig is adapter-transformers' gated union of prefix
+tuning (length 10), a Pfeiffer adapter (reduction 16) and LoRA (r 8) in every layer (its docstring cites
+Mao et al., UniPELT), with no layer groups; there is no peft tuner either. The tests pin the spindle grouping, the per-group strategies
 and the count formula.
 """
 from __future__ import annotations
