@@ -25,6 +25,13 @@ is materialised once as a dense matrix (`dense=True`, the identical linear map);
 Fastfood transform on every forward, as the paper does for models with millions of weights. The padded
 length is the power of two ≥ max(D_i, d - m); the authors' code sizes it by D_i alone, which for a tensor
 smaller than d - m (a bias, a LayerNorm) cuts θ short (F.pad with a negative width).
+
+Checked against: the paper's Sec. 3 as quoted above (θ^{d-m} plus m per-layer scales λ, the Fastfood
+projection); the statements about the authors' code (names, λ = 1, the normaliser, the padding) come
+from an earlier read and were not re-fetched at a pinned commit in this pass. peft has no Intrinsic
+SAID. Numeric pins: test_intrinsic_said.py builds P = [H diag(G) Π H diag(B)]_{1..D,1..d} / (‖G‖ √D)
+from an explicit Sylvester Hadamard matrix and permutation matrix, checks the fast transform against the
+Walsh-Hadamard matrix and the d - m / m split of the count.
 """
 from __future__ import annotations
 

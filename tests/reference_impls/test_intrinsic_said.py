@@ -2,6 +2,8 @@
 is what it claims, the projection is regenerated from its seed, and the update lies in one d-dim subspace."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from impl_cases import batch_for, fresh, logits, perturb, prepare, run_training
@@ -74,3 +76,17 @@ def test_trained_update_lies_in_the_random_subspace():
     v = torch.randn_like(u)
     y = torch.linalg.lstsq(M, v[:, None]).solution
     assert (M @ y - v[:, None]).norm() > 0.9 * v.norm()  # a random direction of R^D is not
+
+
+def test_fastfood_matrix_is_h_g_pi_h_b_over_norm_g_sqrt_D_built_by_hand():
+    """P = [H diag(G) Π H diag(B)]_{1..D, 1..d} / (‖G‖ √D), H the unnormalised Sylvester Hadamard matrix."""
+    P = said.Fastfood(5, 6, torch.Generator().manual_seed(3))
+    L = P.L
+    assert L == 8
+    H = torch.ones(1, 1)
+    while H.shape[0] < L:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    Pi = torch.eye(L)[P.Pi]  # row j picks entry Pi[j]: (Π x)_j = x_{Pi[j]}
+    full = H @ torch.diag(P.G) @ Pi @ H @ torch.diag(P.B)  # (L, L)
+    expected = full[:6, :5] / (P.G.norm() * math.sqrt(6))
+    torch.testing.assert_close(P.matrix(), expected, atol=1e-5, rtol=1e-5)
