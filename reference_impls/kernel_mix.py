@@ -11,7 +11,8 @@ Equation:   head h of the query:   q_h += B^Q_h A^Q_h x + b^Q_h                 
             v += B^Vs A^Vs x                                                     shared, rank r_v_share
             output projection on the concatenated head outputs a = [a_1; ...; a_H] ("A" base):
                    o += B^O [A^O_1 a_1; ...; A^O_H a_H] + B^Os A^Os a + b^O       A^O_h ∈ R^{r_v × d_head}, B^O ∈ R^{d_model × H r_v}
-            scaling 1 (the authors' lora_alpha = -1); on grouped-query attention the value heads pair with
+            scaling 1 (the authors' low_rank_layer.py keeps scaling = 1 unless lora_alpha > 1.5, and the
+            default is 1.0); on grouped-query attention the value heads pair with
             the key heads (n_kv_heads of them).
 Trainable:  per layer (catalog: trainable_params.per_layer)
               n_heads r_q (d_model + d_head) + r_q_share (d_model + n_heads d_head) + n_heads d_head          [q]
@@ -27,6 +28,14 @@ Init as the authors' "Houlsby" option: every tensor ~ truncated N(0, 0.01²), so
 exactly equal to the base model. Left out: the authors' dropout 0.1 on the adapter input. Targets are fixed
 to the self-attention q, v, o of BERT/LLaMA-style models (separate q, k, v modules); GPT-2's fused c_attn
 and T5 are not supported here.
+
+Checked against: the authors' code github.com/ychen-stat-ml/kernel-adapters @d22e53f5 (nlg/configs/
+kernel-mix.json: lora "QVO", lora_head true, lora_head_base "XKA", lora_Q_rank 3, lora_V_rank 8,
+lora_Q_share_rank 12, lora_V_share_rank 8, lora_ini "Houlsby", lora_dropout 0.1; nlg/adapters/
+low_rank_layer.py: per-head einsum updates and the scaling rule; adapter_modeling.py: the base of each
+update chosen by the letters of lora_head_base). The paper's text was not re-read in this pass. peft has
+no Kernel-mix. Numeric pins: test_kernel_mix.py re-computes the query (per-head plus shared plus bias),
+value (from the same head's key) and output (block-wise) updates by hand, and the merged weights.
 """
 from __future__ import annotations
 

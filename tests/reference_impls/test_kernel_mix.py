@@ -29,6 +29,15 @@ def test_each_query_head_has_its_own_update():
     assert torch.equal(changed, expected)
 
 
+def test_query_update_is_per_head_plus_shared_plus_bias_by_hand():
+    _, model, _ = prepare("kernel-mix", "tiny-bert")
+    q = _layers(model, kernel_mix.KernelMixQuery)[0]
+    x = torch.randn(2, 5, D)
+    own = torch.cat([x @ (q.B[h] @ q.A[h]).T for h in range(H)], -1)  # head h's rows: B^Q_h A^Q_h x
+    expected = own + x @ (q.B_s @ q.A_s).T + q.b
+    torch.testing.assert_close(q(x) - q.base(x), expected, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["tiny-bert", "tiny-llama"])
 def test_value_update_is_computed_from_the_same_heads_key(arch):
     _, model, _ = prepare("kernel-mix", arch)
