@@ -14,6 +14,13 @@ low-rank like LoRA's for the same parameter count.
 
 Init: A ~ Kaiming-uniform, B = 0 (LoRA's convention), so A ⊗ B = 0 and the model starts equal to the base
 model; the paper's exact initialisation was not checked.
+
+Checked against: peft 0.21.2 `peft/tuners/lokr/layer.py` with full (non-decomposed) Kronecker factors,
+which is this update W0 + s (A ⊗ B) (the oracle test matches its outputs and counts); the paper's
+abstract (Kronecker product in place of LoRA's low-rank product, mergeable). The paper's method section
+(factor shapes, initialisation, scale, the KronA^B variants) was not re-read in this pass and no authors'
+code was consulted. Numeric pins: test_krona.py checks the vec-trick forward against s · torch.kron(A, B)
+x, the count a_out a_in + (d_out/a_out)(d_in/a_in), and a full-rank update LoRA cannot reach.
 """
 from __future__ import annotations
 
