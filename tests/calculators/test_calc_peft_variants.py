@@ -1,0 +1,60 @@
+"""Counts of method variants the peft MetaMathQA suite ran (benchmarks/calc_vs_peft.py), checked against peft.
+
+DeFT's PaRa mode (para=True: P only, no R) and TinyLoRA's weight tying (groups of modules share one trainable
+vector) change the count through a hyperparameter; each case re-computes the count by hand and asks peft.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from peftkb.calculators.architecture import architecture_from_config
+from peftkb.calculators.params import count_trainable
+
+pytestmark = pytest.mark.peft_oracle
+
+LLAMA = dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=100)
+ROLE_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+
+
+def _method(method_id):
+    from peftkb.loader import load_catalog
+    from peftkb.query import find_method
+
+    return find_method(load_catalog(), method_id)
+
+
+def _peft_count(config, build) -> int:
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(build(LLAMA), config)
+    return wrapped.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("para", [False, True])
+def test_deft_para_trains_p_only(para, build):
+    peft = pytest.importorskip("peft")
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    ours = count_trainable(_method("deft"), arch, {"r": 4, "para": para}, targets=["q", "v"]).trainable
+    # q: 64 -> 64, v: 64 -> 32 (2 KV heads of 16); P is d_out x r, R (not in PaRa mode) r x d_in; 2 blocks
+    by_hand = 2 * sum(4 * d_out + (0 if para else 4 * d_in) for d_in, d_out in ((64, 64), (64, 32)))
+    assert ours == by_hand
+    config = peft.DeftConfig(r=4, para=para, target_modules=["q_proj", "v_proj"])
+    assert ours == _peft_count(config, build)
+
+
+# 8 adapted modules (q, k, v, o in 2 blocks): 8 * (1 - w) = 8, 5.6 -> 6, 4, 1.6 -> 2, 0 -> max(1, 0) = 1 group
+@pytest.mark.parametrize("weight_tying, groups", [(0.0, 8), (0.3, 6), (0.5, 4), (0.8, 2), (1.0, 1)])
+def test_tinylora_weight_tying_shares_vectors(weight_tying, groups, build):
+    peft = pytest.importorskip("peft")
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    settings = {"r": 2, "u": 16, "weight_tying": weight_tying}
+    ours = count_trainable(_method("tinylora"), arch, settings, targets=list(ROLE_NAMES)).trainable
+    assert ours == 16 * groups
+    config = peft.TinyLoraConfig(r=2, u=16, weight_tying=weight_tying, target_modules=list(ROLE_NAMES.values()))
+    assert ours == _peft_count(config, build)
