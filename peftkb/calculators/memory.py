@@ -49,7 +49,9 @@ Activations, per block and per token (tokens = B * S', S' = S + P for methods th
       LoRA family           per targeted module the adapter input (peft casts it to the fp32 adapter dtype:
                             4*d_in, shared by a block's q/k/v only in fp32 without dropout) and the rank-r
                             intermediate 4r; with dropout a mask of d_in bytes (CUDA) or 4*d_in (CPU).
-                            DoRA adds d_out * p.
+                            DoRA adds d_out * p. MiSS (but its bat variant) and TinyLoRA keep no adapter
+                            input: x first meets a parameter-free shard sum or a frozen projection, so only
+                            the rank-r result is saved (ADAPTER_INPUT_NOT_KEPT).
       (IA)^3                the scaled tensors: p*2*h_kv*d_h for keys and values, 4f for the FFN input
                             (peft casts it to the fp32 vector's dtype before scaling)
       adapters              per adapter p*(d + 2m), m the bottleneck; two adapters per block for sequential
@@ -188,6 +190,15 @@ class Profile:
     quantized_base: bool = False
     recognised: bool = True
     target_keys: list[str] = field(default_factory=list)
+    keeps_adapter_input: bool = True  # False for the peft types of ADAPTER_INPUT_NOT_KEPT
+
+
+#: peft types whose adapter branch does not keep its input x for backward, because x first meets a parameter-free
+#: op or a frozen tensor, so autograd saves only the rank-r result (checked in peft 0.21.2's layer.py forward)
+ADAPTER_INPUT_NOT_KEPT = {
+    "MISS": "sums x's r-wide shards (no parameter) before multiplying by the trained block (not the bat variant)",
+    "TINYLORA": "x meets the frozen projection A first (F.linear(x, A), A a buffer); only rank-r results are kept",
+}
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -220,6 +231,8 @@ def profile_of(method: Any, values: dict[str, Any], arch: Architecture) -> Profi
         prof.rank = _int(values.get("init_r", values.get("r")))
         prof.lora_dropout = float(values.get("dropout") or values.get("lora_dropout") or 0.0)
         prof.dora = "dora" in option.lower() or method.id == "dora"
+        # MiSS's bat variant multiplies x by the rebuilt weight W + dW, which trains: x is kept as for LoRA
+        prof.keeps_adapter_input = peft_type not in ADAPTER_INPUT_NOT_KEPT or values.get("init") == "bat"
         kinds.append("lowrank")
     if peft_type == "IA3" or method.id == "ia3":
         prof.ia3 = True
@@ -514,13 +527,14 @@ def _lowrank_term(arch: Architecture, prof: Profile, p: int, dtype: str,
     blocks = arch.n_layers
     a = 4  # adapter dtype: fp32
     total = 0.0
-    if dtype == "fp32" and prof.lora_dropout == 0:
+    if dtype == "fp32" and prof.lora_dropout == 0 and prof.keeps_adapter_input:
         groups = {(m.stack, m.layer, _input_group(m)): m.d_in for m in modules}
         total += sum(v * a for v in groups.values())
         formula = "4*d_in per distinct input + 4r per module"
     else:
-        total += sum(m.d_in * a for m in modules)
-        formula = "4*d_in + 4r per module"
+        kept = prof.keeps_adapter_input  # MiSS, TinyLoRA: only the rank-r intermediate (and a dropout mask)
+        total += sum(m.d_in * a for m in modules) if kept else 0
+        formula = "4*d_in + 4r per module" if kept else "4r per module (the adapter input is not kept)"
         if prof.lora_dropout > 0:  # bool mask on CUDA, an fp32 noise tensor on CPU
             mask_b = 1 if device == "cuda" else a
             total += sum(m.d_in * mask_b for m in modules)

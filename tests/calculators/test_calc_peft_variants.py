@@ -58,3 +58,27 @@ def test_tinylora_weight_tying_shares_vectors(weight_tying, groups, build):
     assert ours == 16 * groups
     config = peft.TinyLoraConfig(r=2, u=16, weight_tying=weight_tying, target_modules=list(ROLE_NAMES.values()))
     assert ours == _peft_count(config, build)
+
+
+@pytest.mark.parametrize("method_id, settings, keeps_input", [
+    ("lora", {"r": 8}, True), ("miss", {"r": 8}, False), ("miss", {"r": 8, "init": "bat"}, True),
+    ("tinylora", {"r": 2}, False)])
+def test_adapter_input_is_kept_only_where_a_trained_weight_meets_it(method_id, settings, keeps_input):
+    """MiSS sums x's r-wide shards before its trained block and TinyLoRA's x meets a frozen projection: autograd
+    keeps only rank-r results (peft 0.21.2 forward), where LoRA (and MiSS's bat variant) keep the fp32 input."""
+    from peftkb.calculators.memory import estimate_memory
+
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    method = _method(method_id)
+    count = count_trainable(method, arch, settings, targets=["q", "v"])
+    est = estimate_memory(method, arch, count, batch=2, seq=16, dtype="bf16", overrides=settings)
+    blocks = {t.key: t for t in est.terms}["activations"]
+    rank = settings["r"]
+    kept = 4 * (64 + 64) if keeps_input else 0  # q and v inputs (d_in 64 each), fp32, per token and block
+    adapter = kept + 2 * 4 * rank  # plus the fp32 rank-r intermediate of each of the two modules
+    # WaveFT has no activation term of its own: its blocks keep what the frozen model keeps
+    waveft = _method("waveft")
+    plain = estimate_memory(waveft, arch, count_trainable(waveft, arch, {"n_frequency": 100}), batch=2, seq=16,
+                            dtype="bf16", overrides={"n_frequency": 100})
+    frozen_blocks = {t.key: t for t in plain.terms}["activations"].bytes
+    assert blocks.bytes - frozen_blocks == 2 * 2 * 16 * adapter  # L * B * S * (bytes per token per block)
