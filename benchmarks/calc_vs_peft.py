@@ -45,8 +45,6 @@ EXPLAINED = {
         "cannot test the string variant.",
     "boft/llama-3.2-3B-default": "memory: not modelled yet (generic profile; BOFT's per-forward rotation of the "
         "weight is not among the activation terms); not investigated in this pass.",
-    "waveft/llama-3.2-3B-n_frequency-5000": "memory: not modelled yet (generic profile; the dense delta WaveFT "
-        "rebuilds per module is not among the activation terms); not investigated in this pass.",
 }
 
 

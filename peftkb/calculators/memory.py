@@ -52,6 +52,8 @@ Activations, per block and per token (tokens = B * S', S' = S + P for methods th
                             DoRA adds d_out * p. MiSS (but its bat variant) and TinyLoRA keep no adapter
                             input: x first meets a parameter-free shard sum or a frozen projection, so only
                             the rank-r result is saved (ADAPTER_INPUT_NOT_KEPT).
+      FourierFT, WaveFT     per adapted module the fp32 input, 4*d_in per token, and the dense update dW they
+                            rebuild each forward, 4*d_in*d_out once per block (DENSE_DELTA)
       (IA)^3                the scaled tensors: p*2*h_kv*d_h for keys and values, 4f for the FFN input
                             (peft casts it to the fp32 vector's dtype before scaling)
       adapters              per adapter p*(d + 2m), m the bottleneck; two adapters per block for sequential
@@ -191,6 +193,7 @@ class Profile:
     recognised: bool = True
     target_keys: list[str] = field(default_factory=list)
     keeps_adapter_input: bool = True  # False for the peft types of ADAPTER_INPUT_NOT_KEPT
+    dense_delta: bool = False       # the peft types of DENSE_DELTA: a d_out x d_in update rebuilt every forward
 
 
 #: peft types whose adapter branch does not keep its input x for backward, because x first meets a parameter-free
@@ -199,6 +202,12 @@ ADAPTER_INPUT_NOT_KEPT = {
     "MISS": "sums x's r-wide shards (no parameter) before multiplying by the trained block (not the bat variant)",
     "TINYLORA": "x meets the frozen projection A first (F.linear(x, A), A a buffer); only rank-r results are kept",
 }
+
+
+#: peft types that rebuild a dense fp32 update dW (d_out x d_in) from their coefficients in every forward and apply
+#: it as F.linear(x.float(), dW): autograd keeps x (fp32) and dW of every adapted module until backward
+#: (peft 0.21.2 FourierFTLayer / WaveFTLayer forward and get_delta_weight)
+DENSE_DELTA = {"FOURIERFT": "inverse 2-D FFT of the sparse spectrum", "WAVEFT": "inverse wavelet transform"}
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -254,6 +263,9 @@ def profile_of(method: Any, values: dict[str, Any], arch: Architecture) -> Profi
         placement = _attr(props, "placement")
         prof.adapters_per_block = 2 if placement == "sequential" and {"attention", "ffn"} <= inserts else 1
         kinds.append("adapter")
+    if peft_type in DENSE_DELTA:
+        prof.dense_delta = True
+        kinds.append("dense-delta")
     if not kinds:
         prof.recognised = False
         kinds.append("generic")
@@ -383,6 +395,12 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         activations = n_blocks * (tokens * per_token_block + batch * per_sample_block)
         act_formula = f"L*B*S'*[{blocks_formula}]" + (" + L*B*p*2*P*(h + h_kv)*d_h (prefix positions)" if per_sample_block else "")
+    if prof.dense_delta:  # each adapted module's rebuilt dW (fp32), kept once per block, not per token
+        from peftkb.calculators.params import select_modules
+
+        dense = sum(4 * m.d_in * m.d_out for m in select_modules(arch, prof.target_keys, strict=False))
+        activations += dense / n_blocks if gradient_checkpointing else dense
+        act_formula += " + 4*d_in*d_out per adapted module (rebuilt dense update)"
     if prof.prefix_tokens:  # the expanded past_key_values tensor itself (peft builds it at the KV width)
         activations += batch * n_blocks * p * 2 * prof.prefix_tokens * h_kv * dh
     if arch.family == "t5" and prof.full_linear_inputs:
@@ -508,6 +526,12 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
                       "p*(2d + h*d_h + f)" + (" + cross p*(d + h*d_h)" if cross else "")))
     if prof.rank:
         terms.append(_lowrank_term(arch, prof, p, dtype, device))
+    if prof.dense_delta:  # F.linear(x.float(), dW) keeps the fp32 input of each adapted module
+        from peftkb.calculators.params import select_modules
+
+        mods = select_modules(arch, prof.target_keys, strict=False)
+        terms.append(("dense delta inputs", sum(4 * m.d_in for m in mods) / arch.n_layers,
+                      f"4*d_in per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
     if prof.ia3:
         # k/v outputs are scaled in the model dtype; the FFN input is first cast to the fp32 vector's dtype
         terms.append(("ia3", p * 2 * h_kv * dh + 4 * f, "p*2*h_kv*d_h + 4f"))

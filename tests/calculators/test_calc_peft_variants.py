@@ -76,9 +76,32 @@ def test_adapter_input_is_kept_only_where_a_trained_weight_meets_it(method_id, s
     rank = settings["r"]
     kept = 4 * (64 + 64) if keeps_input else 0  # q and v inputs (d_in 64 each), fp32, per token and block
     adapter = kept + 2 * 4 * rank  # plus the fp32 rank-r intermediate of each of the two modules
-    # WaveFT has no activation term of its own: its blocks keep what the frozen model keeps
-    waveft = _method("waveft")
-    plain = estimate_memory(waveft, arch, count_trainable(waveft, arch, {"n_frequency": 100}), batch=2, seq=16,
-                            dtype="bf16", overrides={"n_frequency": 100})
+    plain = _frozen_model_estimate(arch, batch=2)
     frozen_blocks = {t.key: t for t in plain.terms}["activations"].bytes
     assert blocks.bytes - frozen_blocks == 2 * 2 * 16 * adapter  # L * B * S * (bytes per token per block)
+
+
+def _frozen_model_estimate(arch, batch: int):
+    """OSF has no activation term of its own (generic profile): its blocks keep what the frozen model keeps."""
+    from peftkb.calculators.memory import estimate_memory
+
+    osf = _method("osf")
+    return estimate_memory(osf, arch, count_trainable(osf, arch), batch=batch, seq=16, dtype="bf16")
+
+
+@pytest.mark.parametrize("method_id", ["fourierft", "waveft"])
+def test_dense_delta_methods_keep_the_rebuilt_update_and_the_fp32_input(method_id):
+    """FourierFT and WaveFT rebuild dW (d_out x d_in, fp32) each forward and apply F.linear(x.float(), dW): per
+    block autograd keeps each adapted module's dW and its fp32 input (peft 0.21.2 forward)."""
+    from peftkb.calculators.memory import estimate_memory
+
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    settings = {"n_frequency": 100}
+    method = _method(method_id)
+    count = count_trainable(method, arch, settings, targets=["q", "v"])
+    est = estimate_memory(method, arch, count, batch=2, seq=16, dtype="bf16", overrides=settings)
+    ours = {t.key: t for t in est.terms}["activations"].bytes
+    frozen = {t.key: t for t in _frozen_model_estimate(arch, batch=2).terms}["activations"].bytes
+    inputs = 2 * 2 * 16 * 4 * (64 + 64)  # L * B * S * fp32 inputs of q and v (d_in 64 each)
+    updates = 2 * 4 * (64 * 64 + 64 * 32)  # L * fp32 dW of q (64 x 64) and v (64 -> 32), once per block
+    assert ours - frozen == inputs + updates
