@@ -43,8 +43,6 @@ EXPLAINED = {
         "Memory follows the 10.8x count; the run also keeps the adapter in bf16 (autocast_adapter_dtype false).",
     "road/llama-3.2-3B-lr_0.001": "variant='road_2' trains 2*d_out per module (road_1: d_out); the formula language "
         "cannot test the string variant.",
-    "boft/llama-3.2-3B-default": "memory: not modelled yet (generic profile; BOFT's per-forward rotation of the "
-        "weight is not among the activation terms); not investigated in this pass.",
 }
 
 

@@ -52,6 +52,8 @@ Activations, per block and per token (tokens = B * S', S' = S + P for methods th
                             DoRA adds d_out * p. MiSS (but its bat variant) and TinyLoRA keep no adapter
                             input: x first meets a parameter-free shard sum or a frozen projection, so only
                             the rank-r result is saved (ADAPTER_INPUT_NOT_KEPT).
+      BOFT                  per adapted module x and the output scaled by boft_s, p*(d_in + d_out) per token,
+                            and three d_in x d_in matrices, 3*p*d_in^2 once per block (DENSE_ROTATION)
       FourierFT, WaveFT     per adapted module the fp32 input, 4*d_in per token, and the dense update dW they
                             rebuild each forward, 4*d_in*d_out once per block (DENSE_DELTA)
       (IA)^3                the scaled tensors: p*2*h_kv*d_h for keys and values, 4f for the FFN input
@@ -193,6 +195,7 @@ class Profile:
     recognised: bool = True
     target_keys: list[str] = field(default_factory=list)
     keeps_adapter_input: bool = True  # False for the peft types of ADAPTER_INPUT_NOT_KEPT
+    dense_rotation: bool = False    # the peft types of DENSE_ROTATION
     dense_delta: bool = False       # the peft types of DENSE_DELTA: a d_out x d_in update rebuilt every forward
 
 
@@ -208,6 +211,10 @@ ADAPTER_INPUT_NOT_KEPT = {
 #: it as F.linear(x.float(), dW): autograd keeps x (fp32) and dW of every adapted module until backward
 #: (peft 0.21.2 FourierFTLayer / WaveFTLayer forward and get_delta_weight)
 DENSE_DELTA = {"FOURIERFT": "inverse 2-D FFT of the sparse spectrum", "WAVEFT": "inverse wavelet transform"}
+#: peft types that rotate the input by a dense d_in x d_in matrix built every forward: BOFT keeps x and the scaled
+#: output (model dtype) per token and three d_in x d_in matrices (block-diagonal butterfly, their product, the
+#: rotation) per module, as saved_tensors_hooks show for peft 0.21.2 with one butterfly factor
+DENSE_ROTATION = {"BOFT": "x @ R(boft_R), then the frozen layer, then * boft_s"}
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -266,6 +273,9 @@ def profile_of(method: Any, values: dict[str, Any], arch: Architecture) -> Profi
     if peft_type in DENSE_DELTA:
         prof.dense_delta = True
         kinds.append("dense-delta")
+    if peft_type in DENSE_ROTATION:
+        prof.dense_rotation = True
+        kinds.append("dense-rotation")
     if not kinds:
         prof.recognised = False
         kinds.append("generic")
@@ -401,6 +411,12 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         dense = sum(4 * m.d_in * m.d_out for m in select_modules(arch, prof.target_keys, strict=False))
         activations += dense / n_blocks if gradient_checkpointing else dense
         act_formula += " + 4*d_in*d_out per adapted module (rebuilt dense update)"
+    if prof.dense_rotation:  # three d_in x d_in matrices in the model dtype per adapted module
+        from peftkb.calculators.params import select_modules
+
+        dense = sum(3 * p * m.d_in * m.d_in for m in select_modules(arch, prof.target_keys, strict=False))
+        activations += dense / n_blocks if gradient_checkpointing else dense
+        act_formula += " + 3*p*d_in^2 per adapted module (butterfly matrices and the rotation)"
     if prof.prefix_tokens:  # the expanded past_key_values tensor itself (peft builds it at the KV width)
         activations += batch * n_blocks * p * 2 * prof.prefix_tokens * h_kv * dh
     if arch.family == "t5" and prof.full_linear_inputs:
@@ -532,6 +548,12 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
         mods = select_modules(arch, prof.target_keys, strict=False)
         terms.append(("dense delta inputs", sum(4 * m.d_in for m in mods) / arch.n_layers,
                       f"4*d_in per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
+    if prof.dense_rotation:  # x (for x @ R) and the frozen layer's output (for * boft_s), model dtype
+        from peftkb.calculators.params import select_modules
+
+        mods = select_modules(arch, prof.target_keys, strict=False)
+        terms.append(("rotation inputs and outputs", sum(p * (m.d_in + m.d_out) for m in mods) / arch.n_layers,
+                      f"p*(d_in + d_out) per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
     if prof.ia3:
         # k/v outputs are scaled in the model dtype; the FFN input is first cast to the fp32 vector's dtype
         terms.append(("ia3", p * 2 * h_kv * dh + 4 * f, "p*2*h_kv*d_h + 4f"))

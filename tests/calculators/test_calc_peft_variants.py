@@ -105,3 +105,49 @@ def test_dense_delta_methods_keep_the_rebuilt_update_and_the_fp32_input(method_i
     inputs = 2 * 2 * 16 * 4 * (64 + 64)  # L * B * S * fp32 inputs of q and v (d_in 64 each)
     updates = 2 * 4 * (64 * 64 + 64 * 32)  # L * fp32 dW of q (64 x 64) and v (64 -> 32), once per block
     assert ours - frozen == inputs + updates
+
+
+def test_boft_keeps_its_input_output_and_three_rotation_matrices(build):
+    """BOFT (one butterfly factor) rotates x by a dense d_in x d_in matrix built each forward: autograd keeps x, the
+    output scaled by boft_s, and three d_in x d_in matrices per module, all in the model dtype. The estimate's
+    terms equal a hand count, and the hand count equals what peft's forward saves (saved_tensors_hooks)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from peftkb.calculators.memory import estimate_memory
+
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    method = _method("boft")
+    settings = {"block_size": 4}
+    count = count_trainable(method, arch, settings, targets=["q", "v"])
+    est = estimate_memory(method, arch, count, batch=2, seq=16, dtype="bf16", overrides=settings)
+    ours = {t.key: t for t in est.terms}["activations"].bytes
+    frozen = {t.key: t for t in _frozen_model_estimate(arch, batch=2).terms}["activations"].bytes
+    per_token = 2 * (64 + 64) + 2 * (64 + 32)  # q: 64 -> 64, v: 64 -> 32, bf16
+    dense = 3 * 2 * (64 * 64) * 2  # three 64 x 64 bf16 matrices for each of q and v
+    assert ours - frozen == 2 * (2 * 16 * per_token + dense)  # 2 blocks
+
+    # peft's forward on one 64 -> 32 layer saves x, the scaled output and three 64 x 64 matrices (+ small tensors)
+    class One(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v = torch.nn.Linear(64, 32, bias=False)
+
+        def forward(self, x):
+            return self.v(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(One().to(torch.bfloat16), peft.BOFTConfig(boft_block_size=4, target_modules=["v"]))
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in owned:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(2, 16, 64, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    big = sorted(n for n in saved.values() if n >= 2 * 16 * 32 * 2)
+    assert big == sorted([2 * 16 * 64 * 2, 2 * 16 * 32 * 2] + [64 * 64 * 2] * 3)
