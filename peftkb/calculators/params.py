@@ -188,6 +188,16 @@ def _split_targets(raw: Sequence[str] | str | None) -> list[str]:
 
 
 # -- counting ---------------------------------------------------------------------------------------
+#: symbols with one value per targeted module: its sizes, and is_ffn (1 for a feed-forward projection, gate, up or
+#: down, else 0), which (IA)^3 needs: peft scales a feed-forward module's input (d_in) and any other's output (d_out)
+PER_TARGET_SYMBOLS = ("d_in", "d_out", "is_ffn")
+FFN_ROLES = frozenset({"gate", "up", "down"})
+
+
+def _per_target_env(m: LinearModule) -> dict[str, int]:
+    return {"d_in": m.d_in, "d_out": m.d_out, "is_ffn": int(bool(FFN_ROLES & set(m.roles)))}
+
+
 def _number(value: Any, name: str, method_id: str) -> int | float:
     if isinstance(value, bool):
         return int(value)
@@ -243,7 +253,7 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
     parsed = {scope: Formula.parse(src) for scope, src in formulas.items()}
     for scope, f in parsed.items():
         for sym in f.symbols():
-            if sym in env or sym in ("d_in", "d_out", "n_targets"):
+            if sym in env or sym in PER_TARGET_SYMBOLS or sym == "n_targets":
                 continue
             if sym not in values:
                 raise UsageError(f"method '{method.id}': formula symbol '{sym}' is neither an architecture symbol "
@@ -268,10 +278,10 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
             subtotal: int | Fraction = 0
             shapes = {(m.d_in, m.d_out) for m in ms}
             for m in ms:
-                subtotal += evaluate(parsed["per_target"], {"d_in": m.d_in, "d_out": m.d_out})
+                subtotal += evaluate(parsed["per_target"], _per_target_env(m))
             total += subtotal
             d_in, d_out = next(iter(shapes)) if len(shapes) == 1 else (None, None)
-            each = evaluate(parsed["per_target"], {"d_in": ms[0].d_in, "d_out": ms[0].d_out})
+            each = evaluate(parsed["per_target"], _per_target_env(ms[0]))
             rows.append(BreakdownRow("per_target", kind, ms[0].role, len(ms), d_in, d_out,
                                      _whole(each)[0], _whole(subtotal)[0]))
     if "per_layer" in parsed:

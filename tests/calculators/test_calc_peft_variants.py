@@ -151,3 +151,29 @@ def test_boft_keeps_its_input_output_and_three_rotation_matrices(build):
         model(x)
     big = sorted(n for n in saved.values() if n >= 2 * 16 * 32 * 2)
     assert big == sorted([2 * 16 * 64 * 2, 2 * 16 * 32 * 2] + [64 * 64 * 2] * 3)
+
+
+IA3_PER_TARGET = "is_ffn * d_in + (1 - is_ffn) * d_out"  # proposed for catalog/ia3.yaml
+
+
+@pytest.mark.parametrize("roles", [["k", "v", "down"], ["q", "k", "v", "o", "gate", "up", "down"]])
+def test_is_ffn_lets_a_per_target_formula_count_ia3_as_peft(roles, build):
+    """(IA)^3 scales a feed-forward module's input (d_in) and any other module's output (d_out); the per-target
+    symbol is_ffn (1 for gate, up, down) lets one formula say so. Checked against peft with the suite's two target
+    sets (feedforward_modules = the targeted gate/up/down), for the count the MetaMathQA all-attn run measured."""
+    from types import SimpleNamespace
+
+    peft = pytest.importorskip("peft")
+    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
+             "down": "down_proj"}
+    method = SimpleNamespace(id="ia3-per-target", hyperparameters=[], properties=None,
+                             trainable_params=SimpleNamespace(per_target=IA3_PER_TARGET, per_layer=None, total=None,
+                                                              targets=["k", "v", "down"], exact=True, note=None))
+    arch = architecture_from_config(LLAMA, name="tiny-llama")
+    ours = count_trainable(method, arch, targets=roles).trainable
+    sizes = {"q": (64, 64), "k": (64, 32), "v": (64, 32), "o": (64, 64), "gate": (64, 96), "up": (64, 96),
+             "down": (96, 64)}
+    assert ours == 2 * sum(sizes[r][0] if r in ("gate", "up", "down") else sizes[r][1] for r in roles)
+    config = peft.IA3Config(target_modules=[names[r] for r in roles],
+                            feedforward_modules=[names[r] for r in roles if r in ("gate", "up", "down")])
+    assert ours == _peft_count(config, build)
