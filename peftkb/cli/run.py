@@ -50,6 +50,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "c3a": TINY_MODELS,                # block_size 256 must divide d_in and d_out (all 128 here)
     "trainable-tokens": TINY_MODELS,   # no token is selected by default
     "vblora": TINY_MODELS,             # vector_length 256 must divide d_in and d_out
+    "adamss": ("tiny-gpt2",),          # nn.Linear only, as peft (GPT-2 has Conv1D)
     "autopeft": ("tiny-t5", "tiny-gpt2"),
     "bitfit": ("tiny-t5", "tiny-llama"),          # no bias terms: nothing to train
     "cartridge": ("tiny-bert", "tiny-t5"),   # initialised from a causal decoder's key/value cache
