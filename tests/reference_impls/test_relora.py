@@ -45,6 +45,10 @@ def test_magnitude_pruning_zeroes_the_smallest_share():
     t = torch.tensor([0.5, -4.0, 0.1, 3.0, -0.2, 2.0, 1.0, -0.05])
     relora.prune_by_magnitude_(t, 0.5)
     assert torch.equal(t, torch.tensor([0.0, -4.0, 0.0, 3.0, 0.0, 2.0, 1.0, 0.0]))
+    # ratio 3/7 puts the quantile exactly on the 4th smallest |value| (0.5): entries equal to it are pruned too
+    t = torch.tensor([0.5, -4.0, 0.1, 3.0, -0.2, 2.0, 1.0, -0.05])
+    relora.prune_by_magnitude_(t, 3 / 7)
+    assert torch.equal(t, torch.tensor([0.0, -4.0, 0.0, 3.0, 0.0, 2.0, 1.0, 0.0]))
     relora.prune_by_magnitude_(t, 1.0)
     assert torch.equal(t, torch.zeros(8))
 
