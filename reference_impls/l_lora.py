@@ -23,6 +23,12 @@ code (tanganke/peta, LinearizedModelWraper) wraps each LoRA module separately, w
 composition non-linear. Not mergeable: J_φ f (φ - φ0) is not a weight change of the network.
 The loss is token-level cross-entropy on the linearised logits (BERT MLM, causal LMs with HF's shift, T5
 with the labels as decoder targets; T5 needs labels in every forward, as its decoder inputs come from them).
+
+Checked against: the paper's equation as quoted above (first-order expansion in the LoRA parameters,
+task arithmetic on φ); the statement about the authors' code (tanganke/peta, LinearizedModelWraper)
+comes from an earlier read and was not re-fetched at a pinned commit in this pass. peft has no L-LoRA.
+Numeric pins: test_l_lora.py checks f_lin against f(φ0) + J_φ f (φ - φ0) computed independently, that
+f_lin is affine in φ, and that task vectors add exactly (plain LoRA does not).
 """
 from __future__ import annotations
 
