@@ -23,6 +23,12 @@ ascent. Training is plain LoRA (init A Kaiming-uniform, B = 0, so the model star
 model); the posterior is fitted afterwards by `fit_laplace` and used by `predictive`. The posterior mean
 is an ordinary LoRA update (merge() folds it), but calibrated predictions need the posterior, so the
 method as a whole is not mergeable.
+
+Checked against: the paper's method as summarised above (Laplace posterior over the LoRA parameters,
+marginal-likelihood choice of the prior precision, linearised Gaussian-logit predictive); the paper's
+full text and the authors' code were not re-read at a pinned commit in this pass. peft has no
+Laplace-LoRA. Numeric pins: test_laplace_lora.py re-computes the diagonal Fisher as the sum of squared
+per-token gradients and checks that the chosen λ maximises the stated marginal likelihood on its grid.
 """
 from __future__ import annotations
 
