@@ -22,6 +22,12 @@ lower layers run twice: simple, not fast (the authors' code inserts the prompt i
 Positions: H keeps the positions of the first pass; the prompt sits in front, as prompt tuning's would.
 Choices not checked against the paper: the defaults (10 prompt tokens, bottleneck 256) and nn.Linear's init.
 Not mergeable: the prompt is attended to, not added to a weight.
+
+Checked against: the paper's generator as summarised above and the order of operations attributed to the
+authors' code (an earlier read; the code was not re-fetched at a pinned commit in this pass, nor the paper's
+text re-read). peft has no Late Prompt Tuning. Numeric pins: test_late_prompt_tuning.py re-computes layer
+l's input [W_up ReLU(Pool(W_down H + b_down)) + b_up; H] from the prompt-less lower states, for average and
+max pooling.
 """
 from __future__ import annotations
 
