@@ -54,4 +54,7 @@ CASES = {
     # experts, and with 3 experts at scale 2 tiny BERT's loss falls by 4% in 30 steps; with these, by 16%
     "xlora": Case(make_config("xlora", n_adapters=8, r=4, alpha=32), archs=("tiny-bert", "tiny-llama", "tiny-gpt2"),
                   lr=3e-2),
+    # 4 rank-4 experts on the feed-forward projections (BERT and GPT-2 have no gate); B = 0, so the model starts
+    # unchanged; the router's weights depend on the token, so it does not merge
+    "loramoe": Case(make_config("loramoe", n_experts=4, r=4, alpha=8), starts_equal=True),
 }
