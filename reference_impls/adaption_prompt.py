@@ -19,7 +19,7 @@ LLaMA-family decoders only (self_attn with q/k/v/o_proj and rotary positions; gr
 repeats each key/value head across its group). A layer count above the model's is clamped to n_layers
 (peft raises an error instead). Not mergeable: the prompts are attended to, not added to a weight.
 
-Checked against: the paper's zero-init attention (§3.2: separate softmax over the prompt scores, gated,
+Checked against: the paper's zero-init attention (separate softmax over the prompt scores, gated,
 next to the word-token attention); the authors' OpenGVLab/LLaMA-Adapter alpaca_finetuning_v1 (one scalar
 gate per layer, zero init, no tanh); peft 0.21.2 `peft/tuners/adaption_prompt/layer.py` (AdaptedAttention),
 whose outputs, gradients and trainable count tests/reference_impls/test_adaption_prompt.py compares on tiny

@@ -12,7 +12,7 @@ A cartridge is served exactly like a prefix-tuning prefix, as a pre-filled key/v
 (reference_impls/prefix_tuning.py's route: a pre-hook on the backbone hands it to the model on every call,
 the attention mask gets ones for it and the real tokens' positions start at p). What differs is the
 parameterisation and the init: the cache itself is the parameter, and it starts as the cache the frozen
-model produces when it reads the first p tokens of the corpus (the paper's best init, §4), so that at init
+model produces when it reads the first p tokens of the corpus (the paper's recommended init), so that at init
 the model answers exactly as if those tokens stood in its context. `init_token_ids` are those tokens; left
 empty they are 0, 1, ..., p-1, a stand-in for a real corpus. Because the init is a function of the model
 and the tokens, the frozen sink tokens are rebuilt, not saved, when a trained cartridge is loaded.
@@ -22,7 +22,7 @@ corpus); that data recipe is outside this file, which trains on whatever loss th
 Causal decoders only (LLaMA, GPT-2): the init is a decoder's cache. Not mergeable: the cache is attended
 to, not added to a weight.
 
-Checked against: the paper (§3-4: the cache as the parameter, init from the first tokens of the corpus,
+Checked against: the paper (the cache as the parameter, init from the first tokens of the corpus,
 the frozen first token); peft 0.21.2 `peft/tuners/cartridge/model.py` (CartridgeEncoder: frozen and
 trainable rows in prefix tuning's flattened layout (p, n_layers · 2 · n_kv_heads · d_head)) and
 `utils.py` (initialisation from a prefill's cache); tests/reference_impls/test_cartridge.py compares

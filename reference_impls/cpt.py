@@ -25,7 +25,7 @@ GPT-2 here, as peft (task_type CAUSAL_LM). The projection runs after each optimi
 (`training_hooks`), as the paper's projected gradient descent; peft projects at the start of each forward
 pass instead, which gives the same trajectory. Not mergeable: the context is input, not weight.
 
-Checked against: the paper (§3: token types, the projection onto the ε-ball after each step, the loss over
+Checked against: the paper (token types, the projection onto the ε-ball after each step, the loss over
 the context's labels with exponential decay); peft 0.21.2 `peft/tuners/cpt/model.py` (CPTEmbedding:
 ε · √(d/2048), the gradient mask, calculate_loss) and `peft_model.py` (_cpt_forward). One deviation: the
 query's types are shifted past the context's by 4 · ⌈max type / 4⌉, the next example's slot; peft shifts by

@@ -24,7 +24,7 @@ Not mergeable: the router's weights depend on the token, so the experts cannot b
 Checked against: the authors' code, Ablustrund/LoRAMoE @ a2470ef, `peft/tuners/lora.py` (lora_route
 Linear(d_in, n, bias=False), lora_A{i} / lora_B{i}, the dense float32 softmax, scaling alpha / r,
 cv_squared of the type-weighted importance, the halves assignment) and `run_loramoe.sh` (rank 4, alpha 32,
-8 experts, dropout 0.05, gate/up/down projections, blc_alpha = blc_weight = 0); the paper (§3: the MoE-style
+8 experts, dropout 0.05, gate/up/down projections, blc_alpha = blc_weight = 0); the paper (the MoE-style
 plugin, the localised balancing constraint with its importance and coefficient matrices). There is no peft
 implementation; tests/reference_impls/test_loramoe.py pins the mixture and the constraint numerically.
 """

@@ -24,8 +24,8 @@ Merging: for a fixed task the mixed update ΔW_t = (A_t B_t)ᵀ / r is one const
 `merge(task_id)` folds it into W0 (the default, task 0, is the whole model when n_tasks = 1). A merged
 model serves that task only, and refuses task ids of another.
 
-Checked against: the Poly paper (§3: skill inventory, task-skill allocation, relaxed Bernoulli in training,
-normalised sigmoids at inference); the MHR paper (§3: per-block routing); peft 0.21.2
+Checked against: the Poly paper (skill inventory, task-skill allocation, relaxed Bernoulli in training,
+normalised sigmoids at inference); the MHR paper (per-block routing); peft 0.21.2
 `peft/tuners/poly/layer.py` and `router.py` (parameter layouts, 1 / r scaling, EPS = 1e-12 in the
 normalisation, the init), whose outputs, gradients and count tests/reference_impls/test_poly.py compares on
 tiny Llama, BERT and T5. Unlike peft (nn.Linear only, no merge), this also wraps GPT-2's Conv1D and merges.

@@ -26,7 +26,7 @@ by token.
 Supported: decoders and BERT (one sequence per example, whose last hidden states score its own tokens); not
 T5, whose encoder and decoder sequences differ in length.
 
-Checked against: the paper (§2: the dual forward pass with dummy scalings, the scaling head on the hidden
+Checked against: the paper (the dual forward pass with dummy scalings, the scaling head on the hidden
 states, token- and layer-wise mixing of the adapters' outputs); peft 0.21.2 `peft/tuners/xlora/classifier.py`
 (head layout, temperature softmax, scaling_pass_value 0, hidden_states[-1]) and `layer.py` (x scaled by λ_i
 before expert i; top-k masking); tests/reference_impls/test_xlora.py loads the same experts into peft's
