@@ -27,7 +27,7 @@ from peftkb.errors import UsageError
 
 #: catalog hyperparameter name -> peft config field names tried after the name itself
 RENAME = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
-          "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",),
+          "group_size": ("qalora_group_size",),
           "n_virtual_tokens": ("num_virtual_tokens",), "n_frozen_tokens": ("num_frozen_tokens",),
           "stride_a": ("stride_A",), "num_b": ("num_B",), "shadow_layers": ("shadow_num_hidden_layers",),
           "block_size": ("oft_block_size", "boft_block_size"), "projection_hidden": ("encoder_hidden_size",)}

@@ -24,7 +24,7 @@ MODULE_ROLES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gat
 ROLE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 #: catalog hyperparameter name -> peft config field names tried after the name itself
 PEFT_FIELDS = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
-               "lambda": ("delora_lambda",), "group_size": ("qalora_group_size",),
+               "group_size": ("qalora_group_size",),
                "n_virtual_tokens": ("num_virtual_tokens",), "n_frozen_tokens": ("num_frozen_tokens",),
                "stride_a": ("stride_A",), "num_b": ("num_B",), "shadow_layers": ("shadow_num_hidden_layers",),
                "projection_hidden": ("encoder_hidden_size",)}

@@ -52,6 +52,7 @@ TINY_OVERRIDES = {"adaption-prompt": {"adapter_layers": 2}}
 KNOWN_DIFFERENCES = {
     ("glora", "bert"): "the formula covers bias-free layers only; its note gives the extra C, D, E terms",
     ("lily", "bert"): "peft shares B experts between q and v when their shapes match (BERT), the formula never does",
+    ("shadow", "llama"): "peft registers T and G in the last block, whose output is never read; the formula counts what trains",
 }
 
 

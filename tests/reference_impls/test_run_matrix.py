@@ -32,6 +32,8 @@ FAMILY = {"tiny-bert": "bert", "tiny-t5": "t5", "tiny-llama": "llama", "tiny-gpt
 #: until they are removed from this list
 KNOWN: dict[tuple[str, str], str] = {
     ("lorahub", "tiny-bert"): "lorahub.py: the gradient-free search never moves w from 0 on this model",
+    ("delora", "tiny-bert"): ("lambda = 15 (peft's default) puts a full-strength update in at Adam's first step; "
+                              "the loss falls only after about 10 steps, not within this cell's 5"),
 }
 
 #: methods whose catalog formula counts something other than what training holds (the reason is the
@@ -87,6 +89,7 @@ NO_MODEL_WITH_DEFAULTS = {
     "c3a": "block_size 256 must divide every adapted width; the bundled models are 128 wide",
     "vblora": "vector_length 256 must divide every adapted width; the bundled models are 128 wide",
     "trainable-tokens": "no token is selected by default (n_tokens / token_indices unset)",
+    "xlora": "n_adapters = 0 by default (peft's empty adapters mapping): no experts to mix",
 }
 
 
