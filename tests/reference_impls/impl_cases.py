@@ -11,6 +11,7 @@ adds its own `CASES` (merged at the bottom of this module). A `cases_*.py` file 
 from __future__ import annotations
 
 import copy
+from fractions import Fraction
 import dataclasses
 import importlib
 from pathlib import Path
@@ -150,6 +151,9 @@ def formula_count(method_id: str, base: nn.Module, config: Any, scopes: dict[str
     scopes = scopes if scopes is not None else tp.formulas()
     env = {**arch_symbols(base.config), **hyperparameters(config),
            "n_params": n_params(base), "n_bias": n_bias(base)}
+    if any("n_targets" in text for text in scopes.values()):
+        # targeted modules per block, so that n_targets * n_layers counts them all
+        env.setdefault("n_targets", Fraction(len(list(target_dims(base, config.target_modules))), env["n_layers"]))
     count = 0
     if "per_target" in scopes:
         f = Formula.parse(scopes["per_target"])
