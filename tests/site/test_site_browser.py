@@ -192,7 +192,8 @@ def _search(page, query):
     # (Material puts the query's terms in each result's ?h=), then until the list has stopped changing
     page.wait_for_function(
         """q => {
-            const words = s => s.toLowerCase().split(/[^\\p{L}\\p{N}]+/u).filter(Boolean).join(' ');
+            // letters only: the site's search separator splits words at digits too (site/mkdocs.yml)
+            const words = s => s.toLowerCase().split(/[^\\p{L}]+/u).filter(Boolean).join(' ');
             const a = document.querySelector('.md-search-result__list > li > a');
             if (!a) return /No matching/.test(document.querySelector('.md-search-result__meta').textContent);
             return words(new URL(a.href).searchParams.get('h') || '') === words(q);
@@ -209,7 +210,8 @@ def _search(page, query):
 
 
 # a method's name or alias, typed, ranks its page first (LoRA used to come 16th, behind LoRAMoE)
-SEARCHES = {"lora": "lora.html", "LoRA": "lora.html", "qlora": "qlora.html", "dora": "dora.html",
+SEARCHES = {"tuning": None, "t": None,   # any result: queries starting with 't' once broke the worker
+            "lora": "lora.html", "LoRA": "lora.html", "qlora": "qlora.html", "dora": "dora.html",
             "adalora": "adalora.html", "compacter": "compacter.html", "lora-fa": "lora-fa.html",
             "prefix tuning": "prefix-tuning.html", "prompt tuning": "prompt-tuning.html",
             "ia3": "ia3.html",                                   # alias of (IA)³
@@ -218,14 +220,10 @@ SEARCHES = {"lora": "lora.html", "LoRA": "lora.html", "qlora": "qlora.html", "do
             "low-rank adaptation": "lora.html"}                  # alias
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open bug, found 2026-12-04 after the wave-4 catalog pages: every query beginning with 't' ('tuning', "
-    "'prefix tuning') fails in Material's lunr worker (TypeError reading '_index' in Index.query: a term of "
-    "its token set missing from its inverted index); other queries work; the cause in the index is not found yet"))
 def test_search_ranks_exact_names_and_aliases_first(page, site_url):
     page.goto(site_url + "methods/index.html")
     ranked = {query: _search(page, query)[:3] for query in SEARCHES}
-    wrong = {q: r for q, r in ranked.items() if not r or r[0] != SEARCHES[q]}
+    wrong = {q: r for q, r in ranked.items() if not r or (SEARCHES[q] is not None and r[0] != SEARCHES[q])}
     assert wrong == {}
     # Enter opens the first result: LoRA, not LoRAMoE
     _search(page, "lora")
