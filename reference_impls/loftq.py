@@ -16,6 +16,14 @@ former pure-torch NFQuantizer do, with no double quantization of the constants (
 with compress_statistics=False). With n_iter = 1, Q is exactly QLoRA's quantization of W, and LoftQ's
 init improves on QLoRA's B = 0 by the best rank-r fit of the quantization error.
 
+Checked against: peft 0.21.2's `peft/utils/loftq_utils.py` (read at commit 5d602fd): `loftq_init` alternates
+res = W - dequant(quant(res)) and the rank-r SVD of res for num_iter rounds, starting from res = W, with
+bitsandbytes NF4 (`compress_statistics=False`), and `_low_rank_decomposition` splits Σ evenly
+(L = U √Σ_r, R = √Σ_r Vᵀ; lora_A = R, lora_B = L). test_loftq.py pins that SVD step against peft's function,
+the first quantization against QLoRA's NF4, the division by s, and the error falling over the iterations.
+peft's quantizer itself needs bitsandbytes and a GPU and was not run; the paper's algorithm (its §3) was
+not re-read in this pass.
+
 Deviation: peft (and the authors' code) put SVD_r(W - Q) into B A without dividing by s, which is right
 only when alpha = r (the LoftQ defaults); dividing by s keeps Q + s B A ≈ W for any alpha. The model does
 not start equal to the full-precision model (only approximately: that is the point); it starts equal to
