@@ -57,12 +57,12 @@ def test_training_hook_soft_thresholds_every_gate_after_the_optimizer_step():
     model = sora.apply(fresh("tiny-llama"), config)
     perturb(model)
     layers = sora.sora_layers(model)
-    with torch.no_grad():
-        layers[0].gate.copy_(torch.tensor([0.03, -0.04, 0.2, -0.3]))  # two entries inside ±ξ after the step
     after_step = hooks("sora", model, config)["after_step"]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.eta)
     model(**batch_for(model)).loss.backward()
     opt.step()
+    with torch.no_grad():  # set after the step, so that the gradient cannot move them: two inside ±ξ
+        layers[0].gate.copy_(torch.tensor([0.03, -0.04, 0.2, -0.3]))
     stepped = [m.gate.detach().clone() for m in layers]  # g − η ∇L0
     after_step(0)
     xi = 0.1 * 0.5
@@ -70,7 +70,8 @@ def test_training_hook_soft_thresholds_every_gate_after_the_optimizer_step():
         expected = torch.where(g > xi, g - xi, torch.where(g < -xi, g + xi, torch.zeros_like(g)))
         torch.testing.assert_close(m.gate.detach(), expected, atol=1e-7, rtol=0)
     assert sora.active_ranks(model) == [int((g.abs() > xi).sum()) for g in stepped]
-    assert sora.active_ranks(model)[0] == 2  # the two entries set inside ±ξ were closed exactly
+    assert sora.active_ranks(model)[0] == 2  # the two entries inside ±ξ were closed exactly
+    assert layers[0].gate.tolist()[:2] == [0.0, 0.0]
 
 
 def test_a_larger_penalty_closes_more_gates_and_keeps_the_count():
