@@ -30,9 +30,6 @@ EXPLAINED = {
     "glora/llama-3.2-3B-vector-paths": "config_A_B='vector', config_C='vector': A and B are d_out vectors (2*d_out "
         "per module; C needs a bias). The evidence settings do not carry peft's config_A_B/config_C/config_D_E "
         "(no PEFT_FIELDS mapping to the catalog's config_a_b/...), and the formula language cannot test a string.",
-    "ia3/llama-3.2-3B-all-attn-5k-lr0.005": "catalog/ia3.yaml counts per layer (k, v, down only), so the run's "
-        "targets are not applied; peft scales d_out of attention modules and d_in of feedforward_modules "
-        "(here gate, up, down): 22,528 per block.",
     "miss/llama-3.2-3B-mini": "init_weights='mini' trains r*mini_r per module (64*64); the evidence settings do not "
         "carry init_weights (catalog name 'init'), and the formula language cannot test a string.",
     "miss/llama-3.2-3B-bat": "memory: the bat variant keeps x for the rebuilt weight, but the evidence settings do "

@@ -42,6 +42,7 @@ ARCH_SYMBOLS: dict[str, str] = {
     "n_targets": "number of targeted modules in one block",
     "d_in": "input size of the targeted module (per-target formulas only)",
     "d_out": "output size of the targeted module (per-target formulas only)",
+    "is_ffn": "1 when the targeted module is a feed-forward projection (gate, up, down), else 0 (per-target formulas only)",
     "n_params": "parameter count of the base model (for methods that train all or a share of it)",
     "n_bias": "number of bias parameters in the base model",
 }
@@ -49,7 +50,7 @@ ARCH_SYMBOLS: dict[str, str] = {
 _LATEX_NAMES = {
     "n_layers": "L", "d_model": r"d_{\text{model}}", "d_ff": r"d_{\text{ff}}", "n_heads": "n_h",
     "d_head": r"d_h", "n_kv_heads": r"n_{kv}", "vocab_size": "|V|", "n_targets": r"n_{\text{t}}",
-    "d_in": r"d_{\text{in}}", "d_out": r"d_{\text{out}}", "n_params": r"|\Theta|",
+    "d_in": r"d_{\text{in}}", "d_out": r"d_{\text{out}}", "is_ffn": r"\mathbb{1}_{\text{ffn}}", "n_params": r"|\Theta|",
     "n_bias": r"|\Theta_{\text{bias}}|",
     "alpha": r"\alpha", "beta": r"\beta", "gamma": r"\gamma", "lambda": r"\lambda", "rho": r"\rho",
 }

@@ -245,7 +245,7 @@ def _check_method(root: Path, m: Method, name: str, doc: Located, ids: set[str],
             except FormulaError as exc:
                 add(path, str(exc))
                 continue
-            per_target_only = {"d_in", "d_out"}
+            per_target_only = {"d_in", "d_out", "is_ffn"}
             for sym in formula.unknown_symbols(allowed):
                 add(path, f"unknown symbol '{sym}'" + did_you_mean(sym, allowed))
             if scope != "per_target":

@@ -2,15 +2,16 @@
 
 Equation:   attention keys and values  k = l_k ⊙ (W_k x),   v = l_v ⊙ (W_v x)
             feed-forward               h = W_down (l_ff ⊙ act(W_up x))     (l_ff rescales the input of W_down)
-Trainable:  2 * n_kv_heads * d_head + d_ff per layer    (catalog: trainable_params.per_layer)
+Trainable:  d_out per rescaled attention module, d_in per feed-forward one: 2 * n_kv_heads * d_head + d_ff
+            per layer with the default targets     (catalog: trainable_params.per_target, with is_ffn)
 Paper:      "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning",
             Haokun Liu et al., 2022 (NeurIPS 2022), arXiv 2205.05638.
 
 The vectors start at one, so the adapted model starts equal to the base model, and they fold into the
-weights (rows of W_k, W_v; columns of W_down), so the method is mergeable. On GPT-2's fused q|k|v
-projection only the k and v thirds of the output are rescaled (peft rescales all three; the paper
-rescales keys and values). On T5 the roles k and v name the self-attention only (see _core); the paper
-also rescales the decoder's cross-attention keys and values.
+weights (rows of W_k, W_v; columns of W_down), so the method is mergeable. A fused projection (GPT-2's
+q|k|v c_attn, Phi-3's qkv_proj) is rescaled whole, queries included, as peft does and the catalog counts;
+the paper, written for T5, rescales keys and values only. On T5 the roles k and v name the self-attention
+only (see _core); the paper and peft also rescale the decoder's cross-attention keys and values.
 
 Checked against: the authors' code github.com/r-three/t-few @114deced (configs/ia3.json: lora_layers
 "k|v|wi_1.*" in SelfAttention, EncDecAttention and DenseReluDense, only multi_lora_b trained, i.e. one
@@ -18,7 +19,7 @@ output-rescaling vector per layer, initialised to ones (lora_init_scale 0); resc
 T5's gated FFN is rescaling the input of wo, as here); peft 0.21.2 `peft/tuners/ia3/layer.py` (ones init,
 feedforward layers rescale the input; the oracle test compares counts and outputs with IA3Model). The
 paper's text was not re-read in this pass. Numeric pins: test_ia3.py re-computes W_down (l_ff ⊙ x) and
-the k/v thirds of GPT-2's fused projection by hand, and matches peft.
+GPT-2's whole fused projection by hand, and matches peft's outputs on BERT, T5, Llama and GPT-2.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ class IA3Config:
 
 
 class IA3Linear(Wrapper):
-    """Rescale a slice of the output features of `base`, or (feedforward) all of its input features."""
+    """Rescale all output features of `base`, or (feedforward) all of its input features.
+
+    `out_features` narrows the output rescaling to a slice (ones elsewhere); `apply` passes the whole output."""
 
     def __init__(self, base: nn.Module, out_features: slice, scale_input: bool) -> None:
         super().__init__()
@@ -91,8 +94,8 @@ def apply(model: nn.Module, config: IA3Config) -> nn.Module:
     ff = config.feedforward_modules
     feedforward = {t.name for t in find_targets(model, ff)} if ff else set()
 
-    def wrap(t: Target) -> IA3Linear:
-        return IA3Linear(t.module, t.out_features, scale_input=t.name in feedforward)
+    def wrap(t: Target) -> IA3Linear:  # a fused q|k|v is rescaled whole (peft), not just t.out_features
+        return IA3Linear(t.module, slice(0, linear_dims(t.module)[1]), scale_input=t.name in feedforward)
 
     replace_modules(model, config.target_modules, wrap)
     return model

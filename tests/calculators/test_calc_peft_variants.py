@@ -153,7 +153,7 @@ def test_boft_keeps_its_input_output_and_three_rotation_matrices(build):
     assert big == sorted([2 * 16 * 64 * 2, 2 * 16 * 32 * 2] + [64 * 64 * 2] * 3)
 
 
-IA3_PER_TARGET = "is_ffn * d_in + (1 - is_ffn) * d_out"  # proposed for catalog/ia3.yaml
+IA3_PER_TARGET = "is_ffn * d_in + (1 - is_ffn) * d_out"  # catalog/ia3.yaml's per_target (asserted below)
 
 
 @pytest.mark.parametrize("roles", [["k", "v", "down"], ["q", "k", "v", "o", "gate", "up", "down"]])
@@ -164,6 +164,10 @@ def test_is_ffn_lets_a_per_target_formula_count_ia3_as_peft(roles, build):
     from types import SimpleNamespace
 
     peft = pytest.importorskip("peft")
+    from peftkb.loader import load_catalog
+    from peftkb.query import find_method
+
+    assert find_method(load_catalog(), "ia3").trainable_params.per_target == IA3_PER_TARGET
     names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
              "down": "down_proj"}
     method = SimpleNamespace(id="ia3-per-target", hyperparameters=[], properties=None,

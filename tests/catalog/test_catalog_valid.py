@@ -32,7 +32,7 @@ def test_formula_evaluates_to_a_positive_count(method_id):
     for scope, source in m.trainable_params.formulas().items():
         per = Formula.parse(source)
         if scope == "per_target":
-            value = per.evaluate({**env, "d_in": 4096, "d_out": 1024})
+            value = per.evaluate({**env, "d_in": 4096, "d_out": 1024, "is_ffn": 0})
         elif scope == "per_layer":
             value = per.evaluate(env) * SHAPE["n_layers"]
         else:

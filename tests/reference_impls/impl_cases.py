@@ -25,7 +25,7 @@ from torch import nn
 from peftkb.formula import Formula
 from peftkb.loader import find_root, load_catalog_paths
 from reference_impls import METHODS, hooks, qlora
-from reference_impls._core import (TINY_MODELS, arch_symbols, n_bias, n_params, synthetic_batch, target_dims,
+from reference_impls._core import (TINY_MODELS, arch_symbols, n_bias, n_params, synthetic_batch, target_dims, find_targets, linear_dims,
                                    tiny_model, train)
 
 ALL_ARCHS = TINY_MODELS  # tiny-bert, tiny-t5, tiny-llama, tiny-gpt2
@@ -140,6 +140,14 @@ def hyperparameters(config: Any) -> dict[str, int | float]:
             if isinstance(v, (int, float))}
 
 
+FFN_ROLES = frozenset({"gate", "up", "down"})
+
+
+def _target_shapes(base: nn.Module, targets) -> list[tuple[int, int, int]]:
+    """(d_in, d_out, is_ffn) of every targeted module: the per-target symbols of the formula language."""
+    return [(*linear_dims(t.module), int(bool(FFN_ROLES & set(t.roles)))) for t in find_targets(base, targets)]
+
+
 def formula_count(method_id: str, base: nn.Module, config: Any, scopes: dict[str, str] | None = None) -> int:
     """The catalog's trainable_params evaluated on `base` with `config`'s hyperparameters.
 
@@ -157,8 +165,8 @@ def formula_count(method_id: str, base: nn.Module, config: Any, scopes: dict[str
     count = 0
     if "per_target" in scopes:
         f = Formula.parse(scopes["per_target"])
-        count += sum(f.evaluate({**env, "d_in": d_in, "d_out": d_out})
-                     for d_in, d_out in target_dims(base, config.target_modules))
+        count += sum(f.evaluate({**env, "d_in": d_in, "d_out": d_out, "is_ffn": is_ffn})
+                     for d_in, d_out, is_ffn in _target_shapes(base, config.target_modules))
     if "per_layer" in scopes:
         count += env["n_layers"] * Formula.parse(scopes["per_layer"]).evaluate(env)
     if "total" in scopes:

@@ -21,20 +21,18 @@ def test_feedforward_vector_rescales_the_input_of_down():
     torch.testing.assert_close(down(x), down.base(x * down.l), atol=1e-6, rtol=1e-6)
 
 
-def test_gpt2_rescales_only_the_key_and_value_thirds_of_fused_qkv():
+def test_gpt2_rescales_the_whole_fused_qkv_projection_as_peft():
     model = ia3.apply(fresh("tiny-gpt2"), ia3.IA3Config())
     c_attn = model.transformer.h[0].attn.c_attn
-    assert c_attn.l.shape == (64,)  # k and v of d_model = 32 each
+    assert c_attn.l.shape == (96,)  # q, k and v of d_model = 32 each
     with torch.no_grad():
         c_attn.l.uniform_(0.5, 1.5)
     x = torch.randn(2, 32)
-    out, base = c_attn(x), c_attn.base(x)
-    assert torch.equal(out[:, :32], base[:, :32])  # queries untouched
-    torch.testing.assert_close(out[:, 32:], base[:, 32:] * c_attn.l, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(c_attn(x), c_attn.base(x) * c_attn.l, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.peft_oracle
-@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-t5", "tiny-llama"])  # peft rescales all of GPT-2's q|k|v
+@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-t5", "tiny-llama", "tiny-gpt2"])
 def test_matches_peft_count_and_outputs(arch):
     peft = pytest.importorskip("peft")
     config = ia3.IA3Config()
