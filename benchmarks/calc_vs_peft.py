@@ -27,19 +27,10 @@ OUT = ROOT / "benchmarks" / "results" / "calc_vs_peft.json"
 #: Why a run still misses (count not exact, or memory off by more than 15%), as found by reading peft's tuner and
 #: the run's adapter config; shown beside the run instead of being hidden. Keyed by experiment.
 EXPLAINED = {
-    "glora/llama-3.2-3B-vector-paths": "config_A_B='vector', config_C='vector': A and B are d_out vectors (2*d_out "
-        "per module; C needs a bias). The evidence settings do not carry peft's config_A_B/config_C/config_D_E "
-        "(no PEFT_FIELDS mapping to the catalog's config_a_b/...), and the formula language cannot test a string.",
-    "miss/llama-3.2-3B-mini": "init_weights='mini' trains r*mini_r per module (64*64); the evidence settings do not "
-        "carry init_weights (catalog name 'init'), and the formula language cannot test a string.",
-    "miss/llama-3.2-3B-bat": "memory: the bat variant keeps x for the rebuilt weight, but the evidence settings do "
-        "not carry init_weights='bat', so the run is estimated as the balance variant.",
     "osf/llama-3.2-3B-rank128": "the run sets rank_pattern (min(d_in, d_out) - 128 frozen directions per matrix): "
         "128*(d_in + d_out + 1) per module, 6,947,712 per block (peft 0.21.2 on a one-block model of this shape); "
         "the evidence drops dict-valued settings and the catalog formula fixes peft's default min(d_in, d_out)//2. "
         "Memory follows the 10.8x count; the run also keeps the adapter in bf16 (autocast_adapter_dtype false).",
-    "road/llama-3.2-3B-lr_0.001": "variant='road_2' trains 2*d_out per module (road_1: d_out); the formula language "
-        "cannot test the string variant.",
 }
 
 

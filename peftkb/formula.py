@@ -9,6 +9,10 @@ Functions (`FUNCTIONS`; nothing else can be called):
 - `min(a, b, ...)`, `max(a, b, ...)`: two or more arguments.
 - `if_lt(a, b, x, y)`: `x` when `a < b`, else `y` (only the chosen branch is evaluated). A size rule
   such as LoKr's "store a factor as a rank-r product when 2r < its larger side" needs it.
+- `if_eq(name, "value", x, y)`: `x` when the string hyperparameter `name` equals `"value"`, else `y` (only
+  the chosen branch is evaluated). The one place a string may appear: a method whose count depends on a
+  choice (RoAd's `variant`, MiSS's `init`) says so in its formula. `name` must be a symbol, `"value"` a
+  string literal.
 - `factor_a(d, f)`, `factor_b(d, f)`: the two factors, `factor_a(d, f) * factor_b(d, f) = d`, of the
   Kronecker factorisation of a whole `d >= 1` that LyCORIS and peft's LoKr use (`factorization(d, f)` in
   `peft/tuners/lokr/layer.py`): when `f >= 1` divides `d` they are `(f, d / f)`; otherwise, scanning the
@@ -59,7 +63,7 @@ _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2}
 #: name -> (fewest, most) arguments; `None`: no upper limit
 FUNCTIONS: dict[str, tuple[int, int | None]] = {
-    "min": (2, None), "max": (2, None), "if_lt": (4, 4), "factor_a": (2, 2), "factor_b": (2, 2),
+    "min": (2, None), "max": (2, None), "if_lt": (4, 4), "if_eq": (4, 4), "factor_a": (2, 2), "factor_b": (2, 2),
 }
 _FUNCS = tuple(FUNCTIONS)
 MAX_FACTORISED = 10**12  # factor_a/factor_b try divisors up to sqrt(d): bounded work
@@ -93,10 +97,18 @@ class Formula:
     def symbols(self) -> set[str]:
         return {n.id for n in ast.walk(self.tree) if isinstance(n, ast.Name)} - set(_FUNCS)
 
+    def string_tests(self) -> set[tuple[str, str]]:
+        """(symbol, value) of every `if_eq(symbol, "value", ...)`: the symbols that must hold strings."""
+        return {(n.args[0].id, n.args[1].value) for n in ast.walk(self.tree)  # type: ignore[attr-defined]
+                if isinstance(n, ast.Call) and n.func.id == "if_eq"}  # type: ignore[attr-defined]
+
+    def string_symbols(self) -> set[str]:
+        return {name for name, _ in self.string_tests()}
+
     def unknown_symbols(self, allowed: set[str] | frozenset[str]) -> list[str]:
         return sorted(self.symbols() - set(allowed))
 
-    def evaluate(self, env: Mapping[str, int | float | Fraction]) -> int | Fraction:
+    def evaluate(self, env: Mapping[str, int | float | Fraction | str]) -> int | Fraction:
         """Evaluate exactly; a whole result comes back as int."""
         missing = sorted(s for s in self.symbols() if s not in env)
         if missing:
@@ -141,6 +153,15 @@ def _check(node: ast.AST) -> None:
         if len(node.args) < fewest or (most is not None and len(node.args) > most):
             wanted = f"{fewest} or more" if most is None else str(fewest)
             raise FormulaError(f"{node.func.id}() takes {wanted} arguments, not {len(node.args)}")
+        if node.func.id == "if_eq":
+            name, value = node.args[0], node.args[1]
+            if not isinstance(name, ast.Name) or name.id in _FUNCS or name.id.startswith("_"):
+                raise FormulaError("if_eq() compares a hyperparameter: its first argument must be a symbol")
+            if not isinstance(value, ast.Constant) or not isinstance(value.value, str) or not value.value:
+                raise FormulaError("if_eq() compares with a non-empty string literal: its second argument, e.g. \"road_2\"")
+            for arg in node.args[2:]:
+                _check(arg)
+            return
         for arg in node.args:
             _check(arg)
     else:
@@ -155,7 +176,7 @@ def _num(value: int | float | Fraction) -> int | Fraction:
     return value
 
 
-def _eval(node: ast.expr, env: Mapping[str, int | float | Fraction]) -> int | Fraction:
+def _eval(node: ast.expr, env: Mapping[str, int | float | Fraction | str]) -> int | Fraction:
     if isinstance(node, ast.Constant):
         return _num(node.value)
     if isinstance(node, ast.Name):
@@ -168,6 +189,12 @@ def _eval(node: ast.expr, env: Mapping[str, int | float | Fraction]) -> int | Fr
         if name == "if_lt":  # lazy: the branch not taken is never evaluated
             a, b, then, other = node.args
             return _eval(then if _eval(a, env) < _eval(b, env) else other, env)
+        if name == "if_eq":  # lazy, like if_lt
+            symbol, value, then, other = node.args
+            given = env[symbol.id]  # type: ignore[attr-defined]
+            if not isinstance(given, str):
+                raise FormulaError(f"if_eq(): '{symbol.id}' must be a string, not {given!r}")  # type: ignore[attr-defined]
+            return _eval(then if given == value.value else other, env)  # type: ignore[attr-defined]
         args = [_eval(a, env) for a in node.args]
         if name in ("factor_a", "factor_b"):
             pair = kronecker_factors(*args, function=name)
@@ -233,9 +260,18 @@ def _latex_name(name: str) -> str:
     return r"\mathit{" + name.replace("_", r"\_") + "}"
 
 
+def _latex_text(text: str) -> str:
+    """A string literal for \\text{...}: TeX's special characters escaped (the value comes from the catalog)."""
+    special = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "$": r"\$", "&": r"\&", "#": r"\#",
+               "%": r"\%", "^": r"\^{}", "~": r"\~{}"}
+    return "".join(special.get(c, c) for c in text)
+
+
 def _latex(node: ast.expr) -> tuple[str, int]:
     """Return (latex, precedence); precedence 3 means atomic."""
     if isinstance(node, ast.Constant):
+        if isinstance(node.value, str):  # if_eq's literal
+            return rf"\text{{{_latex_text(node.value)}}}", 3
         return f"{node.value:,}".replace(",", "{,}"), 3
     if isinstance(node, ast.Name):
         return _latex_name(node.id), 3
@@ -250,6 +286,15 @@ def _latex(node: ast.expr) -> tuple[str, int]:
             a, b, then, other = parts
             return (rf"\left\{{\begin{{array}}{{ll}} {then} & \text{{if }} {a} < {b} \\ {other} & "
                     rf"\text{{otherwise}} \end{{array}}\right.", 3)
+        if name == "if_eq":  # a chain if_eq(s, "a", x, if_eq(s, "b", y, z)) on one symbol is one case list
+            rows, at = [], node
+            while (isinstance(at, ast.Call) and at.func.id == "if_eq"  # type: ignore[attr-defined]
+                   and at.args[0].id == node.args[0].id):  # type: ignore[attr-defined]
+                symbol, value, then = (_latex(a)[0] for a in at.args[:3])
+                rows.append(rf"{then} & \text{{if }} {symbol} = {value}")
+                at = at.args[3]
+            rows.append(rf"{_latex(at)[0]} & \text{{otherwise}}")
+            return r"\left\{\begin{array}{ll} " + r" \\ ".join(rows) + r" \end{array}\right.", 3
         head = rf"\{name}" if name in ("min", "max") else rf"\operatorname{{{name.replace('_', chr(92) + '_')}}}"
         return rf"{head}\left({', '.join(parts)}\right)", 3
     assert isinstance(node, ast.BinOp)

@@ -251,6 +251,18 @@ def _check_method(root: Path, m: Method, name: str, doc: Located, ids: set[str],
             if scope != "per_target":
                 for sym in sorted(formula.symbols() & per_target_only):
                     add(path, f"'{sym}' is only defined in per_target formulas")
+            hypers = {h.name: h for h in m.hyperparameters}
+            for sym in sorted(formula.string_symbols()):
+                h = hypers.get(sym)
+                if h is not None and (h.type != "str" or not h.choices):
+                    add(path, f"if_eq() tests '{sym}', which must be a str hyperparameter with choices")
+            for sym, value in sorted(formula.string_tests()):  # if_eq(sym, "value", ...)
+                h = hypers.get(sym)
+                if h is not None and h.choices and value not in h.choices:
+                    add(path, f"if_eq(): '{value}' is not one of {sym}'s choices ({', '.join(h.choices)})"
+                        + did_you_mean(value, h.choices))
+            for sym in sorted(formula.string_symbols() & set(ARCH_SYMBOLS)):
+                add(path, f"if_eq() tests '{sym}', an architecture symbol (a number), not a string")
     for path, message in range_problems_at(m.hyperparameters):  # every declared range parses and is consistent
         add(path, message)
     ref = m.implementations.reference

@@ -123,6 +123,8 @@ class Hyperparameter(Strict):
     meaning: str = Field(min_length=1)
     range: str | None = Field(None, description="allowed values: '[lo, hi]', '(lo, hi)', '[lo, hi)', 'lo..hi' "
                                                  "(= [lo, hi]), '>= x', '> x'; bounds are formulas or inf")
+    choices: list[str] | None = Field(None, min_length=2, description="the values a str hyperparameter may take "
+                                                                      "(required where a formula tests it with if_eq)")
     source: DefaultSource | None = Field(None, description="where the default comes from")
     differs: str | None = Field(None, description="where the paper, the authors' code and libraries disagree "
                                                   "on the default, e.g. 'peft 0.21.2: 8; authors' scripts: 16'")
@@ -140,6 +142,13 @@ class Hyperparameter(Strict):
         }[self.type]
         if d is not None and not ok():
             raise ValueError(f"default {d!r} is not of type {self.type}")
+        if self.choices is not None:
+            if self.type != "str":
+                raise ValueError(f"choices apply to str hyperparameters, not {self.type}")
+            if len(set(self.choices)) != len(self.choices):
+                raise ValueError(f"choices repeat a value: {self.choices}")
+            if d is not None and d not in self.choices:
+                raise ValueError(f"default {d!r} is not one of the choices {self.choices}")
         return self
 
 

@@ -8,6 +8,10 @@ JSON field each came from, and maps the run to a catalog method and its hyperpar
 to no catalog method is kept with the reason, never dropped.
 
     python benchmarks/evidence/import_peft_metamathqa.py --peft-git /path/to/peft --commit <sha>
+    python benchmarks/evidence/import_peft_metamathqa.py --remap   # after a catalog or mapping change
+
+`--remap` maps the runs already in the YAML again (method and settings from each run's stored peft
+config), without a peft clone: the measured numbers and their provenance are kept as they are.
 """
 from __future__ import annotations
 
@@ -146,15 +150,36 @@ def import_runs(git_dir: Path, commit: str) -> dict:
     }
 
 
+def remap_runs(source: dict) -> dict:
+    """`source` (a YAML this tool wrote) with every run's method, mapping and settings derived again from its
+    stored peft config; the measured numbers and the provenance are left untouched."""
+    catalog = load_catalog()
+    methods = {m.id: m for m in catalog.methods}
+    for run in source["runs"]:
+        config = dict(run.get("peft_config") or {})
+        if run.get("peft_type"):
+            config["peft_type"] = run["peft_type"]
+        method_id, reason = match_method(Path(run["file"]).name, config if run.get("peft_type") else {}, catalog)
+        run["method"], run["mapping"] = method_id, reason
+        run["settings"] = settings_of(methods[method_id], config) if method_id in methods else {}
+    return source
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peft-git", type=Path, required=True, help="a peft clone's .git folder (or a bare mirror)")
-    parser.add_argument("--commit", required=True, help="the commit to read, pinned in the output")
+    parser.add_argument("--peft-git", type=Path, help="a peft clone's .git folder (or a bare mirror)")
+    parser.add_argument("--commit", help="the commit to read, pinned in the output")
+    parser.add_argument("--remap", action="store_true", help="map the runs already in --out again; no clone needed")
     parser.add_argument("--out", type=Path, default=ROOT / "evidence" / "peft-metamathqa.yaml")
     args = parser.parse_args()
     import yaml
 
-    source = import_runs(args.peft_git, args.commit)
+    if args.remap:
+        source = remap_runs(yaml.safe_load(args.out.read_text(encoding="utf-8")))
+    elif args.peft_git and args.commit:
+        source = import_runs(args.peft_git, args.commit)
+    else:
+        parser.error("give --peft-git and --commit, or --remap")
     header = ("# Measured evidence: every number with its provenance (repository, commit, file, field).\n"
               "# Written by benchmarks/evidence/import_peft_metamathqa.py; do not edit by hand.\n")
     tmp = args.out.with_suffix(".tmp")

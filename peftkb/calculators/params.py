@@ -258,6 +258,9 @@ def count_trainable(method: Any, arch: Architecture, overrides: Mapping[str, Any
             if sym not in values:
                 raise UsageError(f"method '{method.id}': formula symbol '{sym}' is neither an architecture symbol "
                                  "nor a hyperparameter")
+            if sym in f.string_symbols():  # tested by if_eq; check_values has checked it against its choices
+                env[sym] = str(values[sym])
+                continue
             env[sym] = _number(values[sym], sym, method.id)
     if modules:
         env["n_targets"] = Fraction(len(modules), arch.n_layers)
@@ -331,6 +334,10 @@ def check_values(method: Any, values: Mapping[str, Any], arch: Architecture,
     shapes = [(m.d_in, m.d_out, m.name) for m in modules] or [(arch.d_model, arch.d_model, "d_model")]
     for h in _attr(method, "hyperparameters", []):
         value = values.get(h.name)
+        choices = _attr(h, "choices", None)
+        if value is not None and choices and value not in choices:
+            raise UsageError(f"method '{method.id}': {h.name}={value!r} is not one of its choices: "
+                             + ", ".join(choices))
         if value is None or h.type not in NUMERIC_TYPES:
             continue
         items = value if isinstance(value, list) else [value]

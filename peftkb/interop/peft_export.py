@@ -24,6 +24,7 @@ from peftkb.calculators.architecture import Architecture
 from peftkb.calculators.architecture import ROLES
 from peftkb.calculators.params import hyperparameter_values, select_modules
 from peftkb.errors import UsageError
+from peftkb.interop.peft_import import METHOD_FIELDS
 
 #: catalog hyperparameter name -> peft config field names tried after the name itself
 RENAME = {"alpha": ("lora_alpha", "alpha"), "dropout": ("lora_dropout", "dropout", "module_dropout"),
@@ -128,6 +129,10 @@ def peft_setup(method: Any, arch: Architecture, overrides: dict[str, Any] | None
     roles = [roles] if isinstance(roles, str) else list(roles)
     for name, value in values.items():
         if value is None:
+            continue
+        if (method.id, name) in METHOD_FIELDS:  # a name (and values) of the method's own: MiSS's init_weights
+            peft_name, peft_values = METHOD_FIELDS[(method.id, name)]
+            setup.kwargs[peft_name] = next((k for k, v in peft_values.items() if v == value), value)
             continue
         peft_name = next((f for f in (name, *RENAME.get(name, ())) if f in fields), None)
         if peft_name is None:

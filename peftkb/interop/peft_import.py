@@ -86,6 +86,15 @@ def roles_of(targets: Any) -> Any:
     return targets
 
 
+#: (method, catalog hyperparameter) -> (peft config field, how peft's values read in the catalog's choices), where a
+#: name is the method's own: MiSS's init_weights=True is the balance variant
+METHOD_FIELDS: dict[tuple[str, str], tuple[str, dict[Any, str]]] = {
+    ("miss", "init"): ("init_weights", {True: "balance"}),
+    ("glora", "config_a_b"): ("config_A_B", {}), ("glora", "config_c"): ("config_C", {}),
+    ("glora", "config_d_e"): ("config_D_E", {}),
+}
+
+
 def settings_of(method: Any, config: dict[str, Any], derived: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config's values of the method's catalog hyperparameters (`derived` wins where given)."""
     out: dict[str, Any] = {}
@@ -96,6 +105,12 @@ def settings_of(method: Any, config: dict[str, Any], derived: dict[str, Any] | N
         if h.name == "target_modules":
             if config.get("target_modules") is not None:
                 out["target_modules"] = roles_of(config["target_modules"])
+            continue
+        if (method.id, h.name) in METHOD_FIELDS:
+            field, values = METHOD_FIELDS[(method.id, h.name)]
+            value = config.get(field)
+            if value is not None and not isinstance(value, (dict, list)):
+                out[h.name] = values.get(value, value)
             continue
         for field in (h.name, *PEFT_FIELDS.get(h.name, ())):
             if field in config and config[field] is not None and not isinstance(config[field], dict):

@@ -353,3 +353,22 @@ def test_modern_families_lora_prompt_and_prefix_match_peft(family, names, tiny, 
             wrapped = peft.get_peft_model(build(cfg), config)
         ours = count_trainable(_method(method_id), arch, overrides).trainable
         assert ours == wrapped.get_nb_trainable_parameters()[0], method_id
+
+
+@pytest.mark.parametrize("method, settings, peft_config", [
+    ("road", {"variant": "road_1", "group_size": 16}, lambda p, t: p.RoadConfig(variant="road_1", group_size=16, target_modules=t)),
+    ("road", {"variant": "road_2", "group_size": 16}, lambda p, t: p.RoadConfig(variant="road_2", group_size=16, target_modules=t)),
+    ("road", {"variant": "road_4", "group_size": 16}, lambda p, t: p.RoadConfig(variant="road_4", group_size=16, target_modules=t)),
+    ("miss", {"init": "balance", "r": 4}, lambda p, t: p.MissConfig(init_weights=True, r=4, target_modules=t)),
+    ("miss", {"init": "bat", "r": 4}, lambda p, t: p.MissConfig(init_weights="bat", r=4, target_modules=t)),
+    ("miss", {"init": "mini", "r": 4, "mini_r": 8}, lambda p, t: p.MissConfig(init_weights="mini", r=4, mini_r=8, target_modules=t)),
+    ("glora", {"config_a_b": "vector"}, lambda p, t: p.GloraConfig(config_A_B="vector", target_modules=t)),
+    ("glora", {"config_a_b": "constant"}, lambda p, t: p.GloraConfig(config_A_B="constant", target_modules=t)),
+])
+def test_a_string_choice_counts_as_peft_counts_it(method, settings, peft_config, build):
+    """Formulas that branch on a string hyperparameter (if_eq): every choice against peft, on a GQA Llama."""
+    peft = pytest.importorskip("peft")
+    arch = architecture_from_config(FAMILIES["llama-gqa"], name="llama-gqa")
+    ours = count_trainable(_method(method), arch, settings, targets=["q", "v"]).trainable
+    n, _ = _peft_trainable("llama-gqa", peft_config(peft, _names("llama-gqa", "qv")), build)
+    assert ours == n

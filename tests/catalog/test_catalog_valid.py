@@ -27,7 +27,7 @@ def test_formula_evaluates_to_a_positive_count(method_id):
     m = METHODS[method_id]
     # a bool default enters a formula as 0 or 1 (prefix tuning's prefix_projection selects its MLP's terms)
     env = {**SHAPE, **{h.name: int(h.default) if isinstance(h.default, bool) else h.default
-                       for h in m.hyperparameters if isinstance(h.default, (int, float))}}
+                       for h in m.hyperparameters if isinstance(h.default, (int, float, str))}}
     total = 0
     for scope, source in m.trainable_params.formulas().items():
         per = Formula.parse(source)

@@ -123,7 +123,7 @@ def test_show_formats(fmt):
         assert yaml.safe_load(out)["implementations"]["peft"]["peft_type"] == "IA3"
     elif fmt == "csv":
         rows = {r["field"]: r["value"] for r in csv.DictReader(io.StringIO(out))}
-        assert rows["trainable_params.per_layer"] == "2 * n_kv_heads * d_head + d_ff"
+        assert rows["trainable_params.per_target"] == "is_ffn * d_in + (1 - is_ffn) * d_out"
     else:
         assert out.strip() == "ia3"
 

@@ -176,3 +176,45 @@ def test_lokr_params_answers_and_bad_values_are_one_line():
     assert code == 0 and "327,680 trainable parameters" in out     # 32 blocks x (q + v) x 5,120
     code, out, err = run_main("params", "lokr", "-m", "llama-2-7b", "-s", "decompose_factor=-5")
     assert code == 2 and "Traceback" not in out + err and "decompose_factor" in err
+
+
+# -- if_eq: a count that depends on a string choice -----------------------------------------------------------------
+ROAD = 'if_eq(variant, "road_1", d_out, if_eq(variant, "road_2", 2 * d_out, 4 * d_out))'
+
+
+def test_if_eq_takes_the_branch_of_the_matching_string_and_evaluates_only_that_one():
+    f = Formula.parse(ROAD)
+    assert [f.evaluate({"variant": v, "d_out": 96}) for v in ("road_1", "road_2", "road_4")] == [96, 192, 384]
+    lazy = Formula.parse('if_eq(init, "mini", r * m, r / (m - m))')  # the branch not taken would divide by 0
+    assert lazy.evaluate({"init": "mini", "r": 4, "m": 3}) == 12
+    with pytest.raises(FormulaError, match="division by zero"):
+        lazy.evaluate({"init": "balance", "r": 4, "m": 3})
+    assert f.symbols() == {"variant", "d_out"} and f.string_symbols() == {"variant"}
+    assert f.string_tests() == {("variant", "road_1"), ("variant", "road_2")}
+
+
+@pytest.mark.parametrize("source, message", [
+    ('if_eq("road_1", "road_1", 1, 2)', "first argument must be a symbol"),
+    ("if_eq(variant, road_1, 1, 2)", "string literal"),
+    ('if_eq(variant, "", 1, 2)', "string literal"),
+    ('if_eq(min, "a", 1, 2)', "first argument must be a symbol"),
+    ('if_eq(variant, "a", "b", 2)', "only numbers"),
+    ('"road_1"', "only numbers"),
+    ('r + "a"', "only numbers"),
+    ('if_eq(variant, "a", 1)', "takes 4 arguments"),
+])
+def test_strings_appear_only_as_the_value_if_eq_compares_with(source, message):
+    with pytest.raises(FormulaError, match=message):
+        Formula.parse(source)
+
+
+def test_if_eq_refuses_a_number_where_it_compares_a_string():
+    with pytest.raises(FormulaError, match="'variant' must be a string"):
+        Formula.parse(ROAD).evaluate({"variant": 2, "d_out": 8})
+
+
+def test_if_eq_latex_is_one_case_list_with_the_strings_escaped():
+    tex = Formula.parse(ROAD).latex()
+    assert tex.count(r"\text{if }") == 2 and tex.count(r"\text{otherwise}") == 1
+    assert r"\text{road\_2}" in tex and r"2 \cdot d_{\text{out}}" in tex
+    assert r"\text{a\{b\}\$\textbackslash{}}" in Formula.parse('if_eq(x, "a{b}$\\\\", 1, 2)').latex()

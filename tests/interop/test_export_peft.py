@@ -157,3 +157,25 @@ def test_export_never_writes_into_a_folder_that_holds_files(tmp_path):
     assert done.returncode == 2 and "not an empty folder" in done.stderr
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert not list(tmp_path.glob(".peftkb-export-*"))
+
+
+@pytest.mark.parametrize("method_id, overrides, field, value", [
+    ("miss", {"init": "mini", "r": 4, "mini_r": 8}, "init_weights", "mini"),
+    ("miss", {"init": "balance", "r": 4}, "init_weights", True),
+    ("glora", {"config_a_b": "vector"}, "config_A_B", "vector"),
+    ("road", {"variant": "road_4", "group_size": 16}, "variant", "road_4"),
+])
+def test_a_string_choice_is_exported_under_peft_name_and_counts_the_same(method_id, overrides, field, value, catalog,
+                                                                        tiny_llama_dir, tiny_llama_config, tmp_path):
+    import transformers
+
+    method = catalog[method_id]
+    arch = load_model(str(tiny_llama_config))
+    setup = peft_setup(method, arch, dict(overrides))
+    assert setup.kwargs[field] == value and not {"init", "config_a_b"} & set(setup.kwargs)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config_json(setup)), encoding="utf-8")
+    config = peft.PeftConfig.from_pretrained(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir), config)
+    assert model.get_nb_trainable_parameters()[0] == count_trainable(method, arch, dict(overrides)).trainable

@@ -134,10 +134,11 @@ def catalog_method(method_id: str):
     return next(m for m in catalog.methods if m.id == method_id)
 
 
-def hyperparameters(config: Any) -> dict[str, int | float]:
-    """The numeric fields of a config dataclass (the symbols a formula may use)."""
+def hyperparameters(config: Any) -> dict[str, int | float | str]:
+    """The numeric and string fields of a config dataclass (the symbols a formula may use; a string only
+    where the formula tests it with if_eq)."""
     return {k: int(v) if isinstance(v, bool) else v for k, v in dataclasses.asdict(config).items()
-            if isinstance(v, (int, float))}
+            if isinstance(v, (int, float, str))}
 
 
 FFN_ROLES = frozenset({"gate", "up", "down"})
