@@ -4,8 +4,8 @@ Equation:   W0 = U_high S_high V_high + U_low S_low V_low  (SVD split after the 
             W = U_high S_high V_high (frozen) + U S V  with U, S, V trained, starting at U_low, S_low, V_low;
             h = W0 x + (U S V − U_low S_low V_low) x
             gradients:  ∇U ← (I − U_high U_highᵀ) ∇U,   ∇V ← ∇V (I − V_highᵀ V_high)
-Trainable:  (min(d_in, d_out) - min(d_in, d_out) // 2) * (d_in + d_out + 1) per targeted module, for the
-            default k = min(d_in, d_out) // 2   (catalog: trainable_params.per_target)
+Trainable:  t * (d_in + d_out + 1) per targeted module, t = min(d_in, d_out) - k; the catalog formula takes t =
+            trainable_rank, or the default k = min(d_in, d_out) // 2 when it is 0   (trainable_params.per_target)
 Paper:      "Sculpting Subspaces: Constrained Full Fine-Tuning in LLMs for Continual Learning", Nikhil Shivakumar
             Nayak et al., 2026 (ICLR 2026), arXiv 2504.07097.
 
@@ -18,7 +18,9 @@ The trained factors start at the SVD's, so the update starts at zero and the mod
 base model; U S V − U_low S_low V_low merges into W0.
 
 effective_rank: None gives min(d_in, d_out) // 2 (peft's default); a float in (0, 1] is a fraction of
-min(d_in, d_out); an int is used as is (capped at min(d_in, d_out)).
+min(d_in, d_out); an int is used as is (capped at min(d_in, d_out)). trainable_rank t > 0 instead freezes
+min(d_in, d_out) - t directions in every matrix, whatever its shape: what peft's rank_pattern does when it maps
+each module to min(d_in, d_out) - t (peft's MetaMathQA suite's rank128 run).
 
 Checked against: the paper's method section (SVD of each weight, frozen high-rank subspace, updates of the
 low subspace kept orthogonal to it by projecting the gradients); peft 0.21.2 `peft/tuners/osf/layer.py`
@@ -40,6 +42,7 @@ from reference_impls._core import AdditiveUpdate, Target, freeze_base, linear_di
 @dataclass
 class OSFConfig:
     effective_rank: int | float | None = None     # frozen top directions per matrix (None: min(d_in, d_out) // 2)
+    trainable_rank: int = 0                       # t > 0: train t directions per matrix (wins over effective_rank)
     target_modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # every linear layer of a block
 
 
@@ -51,12 +54,13 @@ def frozen_rank(value: int | float | None, min_dim: int) -> int:
 
 
 class OSFLinear(AdditiveUpdate):
-    def __init__(self, t: Target, effective_rank: int | float | None = None) -> None:
+    def __init__(self, t: Target, effective_rank: int | float | None = None, trainable_rank: int = 0) -> None:
         super().__init__()
         d_in, d_out = linear_dims(t.module)
-        k = frozen_rank(effective_rank, min(d_in, d_out))
+        k = min(d_in, d_out) - trainable_rank if trainable_rank > 0 else frozen_rank(effective_rank, min(d_in, d_out))
         if k <= 0:
-            raise ValueError(f"OSF: effective_rank {effective_rank} freezes no direction of {t.name}")
+            raise ValueError(f"OSF: effective_rank {effective_rank} / trainable_rank {trainable_rank} freezes no "
+                             f"direction of {t.name}")
         self.base = t.module
         U, S, Vh = torch.linalg.svd(linear_weight(t.module).detach().float(), full_matrices=False)
         self.register_buffer("U0", U[:, k:].contiguous())   # (d_out, t) the initial low factors, frozen copies
@@ -94,5 +98,6 @@ class OSFLinear(AdditiveUpdate):
 
 def apply(model: nn.Module, config: OSFConfig) -> nn.Module:
     freeze_base(model)
-    replace_modules(model, config.target_modules, lambda t: OSFLinear(t, config.effective_rank))
+    replace_modules(model, config.target_modules,
+                    lambda t: OSFLinear(t, config.effective_rank, config.trainable_rank))
     return model

@@ -42,8 +42,29 @@ def _oft_block_size(config: dict) -> int | None:
     return None
 
 
+def _osf_trainable_rank(config: dict) -> int | None:
+    """OSF's rank_pattern maps modules to their effective_rank (frozen directions); when every module of the suite's
+    model keeps the same t = min(d_in, d_out) - effective_rank trainable, that t is the catalog's trainable_rank."""
+    pattern = config.get("rank_pattern")
+    if config.get("peft_type") != "OSF" or not isinstance(pattern, dict) or not pattern:
+        return None
+    from peftkb.calculators.architecture import load_model
+
+    modules = load_model(SUITE_PRESET).modules
+    kept = set()
+    for key, frozen in pattern.items():
+        hits = [m for m in modules if m.name == key or m.name.endswith("." + key)]
+        if not hits or not isinstance(frozen, int):
+            return None
+        kept |= {min(m.d_in, m.d_out) - frozen for m in hits}
+    return kept.pop() if len(kept) == 1 and min(kept) > 0 else None
+
+
+#: the preset of the suite's model (meta-llama/Llama-3.2-3B), for the module shapes a rank_pattern refers to
+SUITE_PRESET = "llama-3.2-3b"
 #: catalog hyperparameters that the suite's configs state another way: name -> how to read it from the config
-DERIVED = {"block_size": lambda config: _oft_block_size(config) if config.get("peft_type") == "OFT" else None}
+DERIVED = {"block_size": lambda config: _oft_block_size(config) if config.get("peft_type") == "OFT" else None,
+           "trainable_rank": _osf_trainable_rank}
 #: What each kept number is, and where in a result file it is read.
 FIELDS = {
     "test_accuracy": "train_info.metrics[last with 'test accuracy']['test accuracy']",
@@ -95,11 +116,17 @@ def settings_of(method, config: dict) -> dict:
 
 
 def scalar_config(config: dict) -> dict:
-    """The peft config without nulls, nested configs and bookkeeping fields."""
+    """The peft config without nulls, empty values, nested configs and bookkeeping fields; a flat mapping of
+    numbers (a rank_pattern) is kept, since it can set the count."""
     skip = {"base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version", "task_type",
             "megatron_core"}
+
+    def flat_numbers(v) -> bool:
+        return isinstance(v, dict) and bool(v) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v.values())
+
     return {k: v for k, v in sorted(config.items())
-            if k not in skip and v is not None and not isinstance(v, dict) and v != []}
+            if k not in skip and v is not None and (not isinstance(v, dict) or flat_numbers(v)) and v != []}
 
 
 def import_runs(git_dir: Path, commit: str) -> dict:

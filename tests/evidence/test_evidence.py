@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from peftkb import evidence as ev
 from peftkb.errors import CatalogError
@@ -128,6 +129,35 @@ def test_peft_field_names_become_catalog_names(catalog):
     assert importer.settings_of(oft, by_count)["block_size"] == 3072 // 32  # r blocks of d_in / r
     by_size = {**by_count, "r": 0, "oft_block_size": 64}
     assert importer.settings_of(oft, by_size)["block_size"] == 64
+
+
+def test_method_specific_names_and_values_become_the_catalog_choices(catalog):
+    importer = _importer()
+    methods = {m.id: m for m in catalog.methods}
+    assert importer.settings_of(methods["miss"], {"peft_type": "MISS", "init_weights": True})["init"] == "balance"
+    assert importer.settings_of(methods["miss"], {"peft_type": "MISS", "init_weights": "mini"})["init"] == "mini"
+    glora = importer.settings_of(methods["glora"], {"peft_type": "GLORA", "config_A_B": "vector", "config_C": "none"})
+    assert glora["config_a_b"] == "vector" and glora["config_c"] == "none"
+
+
+def test_an_osf_rank_pattern_that_keeps_t_directions_everywhere_is_trainable_rank_t(catalog):
+    importer = _importer()
+    osf = next(m for m in catalog.methods if m.id == "osf")
+    keep_128 = {"q_proj": 2944, "k_proj": 896, "v_proj": 896, "o_proj": 2944, "gate_proj": 2944, "up_proj": 2944,
+                "down_proj": 2944}   # Llama-3.2-3B: min(d_in, d_out) is 3072, or 1024 for k and v
+    assert importer.settings_of(osf, {"peft_type": "OSF", "rank_pattern": keep_128})["trainable_rank"] == 128
+    uneven = {**keep_128, "k_proj": 900}
+    assert "trainable_rank" not in importer.settings_of(osf, {"peft_type": "OSF", "rank_pattern": uneven})
+
+
+def test_remap_derives_settings_again_and_keeps_every_measured_number(catalog):
+    importer = _importer()
+    source = yaml.safe_load(SOURCE.read_text(encoding="utf-8"))
+    before = {r["experiment"]: (r["measured"], r["settings"]) for r in source["runs"]}
+    for run in source["runs"]:
+        run["settings"] = {}
+    after = importer.remap_runs(source)
+    assert {r["experiment"]: (r["measured"], r["settings"]) for r in after["runs"]} == before
 
 
 # -- the calculators against the published runs --------------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from impl_cases import fresh, perturb, prepare, run_training
+from impl_cases import formula_count, fresh, perturb, prepare, run_training
 from peft_parity import assert_matches_peft
 from reference_impls import osf
-from reference_impls._core import Target, find_targets, merge
+from reference_impls._core import Target, count_trainable, find_targets, linear_dims, merge, target_dims
 
 
 def _layer(d_in=8, d_out=6, k=2):
@@ -65,6 +65,34 @@ def test_matches_peft_osf(arch):
     perturb(ours, std=0.01)
     names = [t.name for t in find_targets(fresh(arch), config.target_modules)]
     theirs = peft.get_peft_model(fresh(arch), peft.OSFConfig(target_modules=names))
+
+    def link(mine, layer):
+        p = layer.osf_svd_params["default"]
+        return [(mine.U, p["U_low"]), (mine.S, p["S_low"]), (mine.V, p["V_low"])]
+
+    assert_matches_peft(ours, theirs, names, link, mergeable=True)
+
+
+@pytest.mark.peft_oracle
+def test_trainable_rank_matches_a_peft_rank_pattern_and_the_catalog_formula():
+    """trainable_rank t freezes min(d_in, d_out) - t directions in every matrix: peft's rank_pattern mapping each
+    module to that effective_rank (as the MetaMathQA rank128 run does) builds the same layers and count."""
+    peft = pytest.importorskip("peft")
+    arch, t = "tiny-llama", 8
+    config = osf.OSFConfig(target_modules=("q", "k", "v", "down"), trainable_rank=t)
+    base = fresh(arch)
+    ours = osf.apply(fresh(arch), config)
+    for target in find_targets(base, config.target_modules):
+        d_in, d_out = linear_dims(target.module)
+        layer = ours.get_submodule(target.name)
+        assert layer.U.shape == (d_out, t) and layer.S.shape == (t,) and layer.V.shape == (t, d_in)
+    assert count_trainable(ours) == formula_count("osf", base, config)
+    assert count_trainable(ours) == sum(t * (d_in + d_out + 1) for d_in, d_out in target_dims(base, config.target_modules))
+    perturb(ours, std=0.01)
+    names = [t_.name for t_ in find_targets(base, config.target_modules)]
+    pattern = {n: min(linear_dims(base.get_submodule(n))) - t for n in names}
+    theirs = peft.get_peft_model(fresh(arch), peft.OSFConfig(target_modules=names, rank_pattern=pattern))
+    assert theirs.get_nb_trainable_parameters()[0] == count_trainable(ours)
 
     def link(mine, layer):
         p = layer.osf_svd_params["default"]
