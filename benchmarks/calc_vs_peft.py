@@ -28,12 +28,13 @@ MEMORY_GOAL = 0.15  # the worst relative memory error aimed at; runs beyond it a
 #: Why a run still misses (count not exact, or memory off by more than 15%), as found by reading peft's tuner and
 #: the run's adapter config; shown beside the run instead of being hidden. Keyed by experiment.
 EXPLAINED = {
-    "osf/llama-3.2-3B-rank128": "memory: the run used peft 0.19.2.dev0, whose OSF layer (peft commit 51c2ff666, "
-        "osf/layer.py) kept U_high, S_high and V_high of every adapted matrix as buffers and rebuilt the whole weight "
-        "in every forward (F.linear(x, W), so autograd keeps W): on Llama-3.2-3B with 128 trainable directions that "
-        "is 4.00e9 buffer values plus 2.82e9 rebuilt-weight values, 12.7 GiB in bf16, against a measured gap of 13.5 "
-        "GiB. peft 0.21.2 applies a factored update and keeps U_high or V_high only where it is not square; the "
-        "estimator has no OSF profile (counted as a frozen-base method without extra tensors).",
+    "osf/llama-3.2-3B-rank128": "memory: the estimator models OSF as peft 0.21.2 builds it (frozen SVD copies and "
+        "U_high/V_high where not square as fp32 buffers, 8.8 GiB here; a factored update), checked against peft "
+        "0.21.2 on CPU. The run used peft 0.19.2.dev0, whose OSF layer (peft commit 51c2ff666, osf/layer.py) kept "
+        "U_high, S_high and V_high of every matrix and rebuilt the whole weight in every forward, and it set "
+        "autocast_adapter_dtype false (adapter and buffers in bf16): a different layout, so no single model fits "
+        "both. By arithmetic the 0.19 layout adds 12.7 GiB in bf16 (4.00e9 buffer values, 2.82e9 rebuilt-weight "
+        "values) to a frozen-base estimate, against a measured 13.5 GiB.",
 }
 
 

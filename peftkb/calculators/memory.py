@@ -197,6 +197,7 @@ class Profile:
     keeps_adapter_input: bool = True  # False for the peft types of ADAPTER_INPUT_NOT_KEPT
     dense_rotation: bool = False    # the peft types of DENSE_ROTATION
     dense_delta: bool = False       # the peft types of DENSE_DELTA: a d_out x d_in update rebuilt every forward
+    osf: bool = False               # OSF's frozen SVD factors and its factored update (see _osf_terms)
 
 
 #: peft types whose adapter branch does not keep its input x for backward, because x first meets a parameter-free
@@ -276,6 +277,9 @@ def profile_of(method: Any, values: dict[str, Any], arch: Architecture) -> Profi
     if peft_type in DENSE_ROTATION:
         prof.dense_rotation = True
         kinds.append("dense-rotation")
+    if peft_type == "OSF":
+        prof.osf = True
+        kinds.append("osf")
     if not kinds:
         prof.recognised = False
         kinds.append("generic")
@@ -353,6 +357,11 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         terms.append(Term("frozen_weights", "frozen weights", frozen_params * p,
                           f"(n_params - trained base weights) * p = {frozen_params:,} * {p}", "static"))
+    if prof.osf:
+        buffers, _ = _osf_terms(arch, prof, values, p)
+        terms.append(Term("adapter_buffers", "OSF's frozen SVD factors", buffers * t,
+                          f"sum over adapted modules of t(d_in + d_out + 1) + k*d_out if d_out > d_in + k*d_in if "
+                          f"d_in > d_out, * {t} (kept with the adapter's dtype)", "static"))
     what = ("fp32 master weights" if precision == "mixed" and p < 4 else
             "model dtype" if prof.trains_base and t == p else "fp32 adapter weights" if not prof.trains_base else "fp32")
     terms.append(Term("trainable_weights", "trainable weights", trainable * t, f"trainable * {t} ({what})", "static"))
@@ -417,6 +426,11 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         dense = sum(3 * p * m.d_in * m.d_in for m in select_modules(arch, prof.target_keys, strict=False))
         activations += dense / n_blocks if gradient_checkpointing else dense
         act_formula += " + 3*p*d_in^2 per adapted module (butterfly matrices and the rotation)"
+    if prof.osf:  # per adapted module: x cast to fp32 and the rank-2t hidden per token; the factors A and B once
+        _, (per_token, per_module) = _osf_terms(arch, prof, values, p)
+        osf_act = tokens * per_token + per_module
+        activations += osf_act / n_blocks if gradient_checkpointing else osf_act
+        act_formula += " + per OSF module 4*B*S'*(d_in + 2t) + 4*2t*(d_in + d_out) (factored update)"
     if prof.prefix_tokens:  # the expanded past_key_values tensor itself (peft builds it at the KV width)
         activations += batch * n_blocks * p * 2 * prof.prefix_tokens * h_kv * dh
     if arch.family == "t5" and prof.full_linear_inputs:
@@ -477,6 +491,38 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
         what = ", ".join(f"{t.label} = {t.bytes}" for t in bad) or f"peak = {est.peak}"
         raise UsageError(f"method '{method.id}' on {arch.name}: the estimate is not a valid size ({what})")
     return est
+
+
+def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int) -> tuple[int, tuple[int, int]]:
+    """OSF as peft 0.21.2 builds it (osf/layer.py update_layer and forward), per adapted module with t trainable
+    directions (trainable_rank, else min(d_in, d_out) - min(d_in, d_out) // 2) and k = min(d_in, d_out) - t frozen:
+
+    buffers (elements): frozen copies of the initial U_low, S_low, V_low, t(d_in + d_out + 1), plus U_high (d_out x k)
+    when d_out > d_in, or V_high (k x d_in) when d_in > d_out (the square factor is recovered from U_low / V_low);
+    activations (bytes, fp32 adapter): x cast to fp32 (4 d_in) and h = x B^T (4 * 2t) per token, and the factors
+    A = [U S, -U0 S0] (d_out x 2t) and B = [V; V0] (2t x d_in) once per module. In an fp32 model the cast returns
+    x itself, so modules that read one input (q, k, v; gate, up) keep it once.
+    Returns (buffer elements, (activation bytes per token, activation bytes per step)), summed over the modules.
+    """
+    from peftkb.calculators.params import select_modules
+
+    chosen = _int(values.get("trainable_rank"))
+    buffers = per_token = per_module = 0
+    inputs_kept: set[tuple[str, str]] = set()
+    for m in select_modules(arch, prof.target_keys, strict=False):
+        low = min(m.d_in, m.d_out)
+        t = min(chosen, low) if chosen > 0 else low - low // 2
+        k = low - t
+        buffers += t * (m.d_in + m.d_out + 1) + (m.d_out * k if m.d_out > m.d_in else 0) \
+            + (k * m.d_in if m.d_in > m.d_out else 0)
+        shared = "qkv" if set(m.roles) & {"q", "k", "v"} else "gate-up" if set(m.roles) & {"gate", "up"} else m.name
+        source = (m.name.rsplit(".", 1)[0], shared) if p == 4 else (m.name, "")
+        if source not in inputs_kept:
+            inputs_kept.add(source)
+            per_token += 4 * m.d_in
+        per_token += 4 * 2 * t
+        per_module += 4 * 2 * t * (m.d_in + m.d_out)
+    return buffers, (per_token, per_module)
 
 
 def resolve_precision(precision: str | None, dtype: str) -> str:

@@ -269,3 +269,36 @@ def test_precision_defaults_to_pure_in_the_model_dtype_and_checks_the_pairing(ca
         estimate(catalog, "lora", llama, dtype="fp16", precision="pure-bf16")
     with pytest.raises(UsageError, match="--precision must be one of"):
         estimate(catalog, "lora", llama, precision="tf32")
+
+
+@pytest.mark.peft_oracle
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("trainable_rank, rank_pattern", [(8, {"q_proj": 120, "v_proj": 56, "down_proj": 120}),
+                                                          (0, None)])
+def test_osf_buffers_and_activations_match_peft(catalog, dtype, trainable_rank, rank_pattern):
+    """OSF (peft 0.21.2): the frozen SVD factors it keeps as buffers, exactly; the tensors its factored forward
+    saves (x in fp32, h = x B^T, the factors A and B) within the activation model's tolerance."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    hf = transformers.LlamaConfig(**{k: v for k, v in TINY_LLAMA.items() if k != "model_type"})
+    hf._attn_implementation = "sdpa"
+    model = transformers.LlamaForCausalLM(hf).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    extra = {"rank_pattern": rank_pattern} if rank_pattern else {}
+    model = peft.get_peft_model(model, peft.OSFConfig(target_modules=["q_proj", "v_proj", "down_proj"], **extra))
+    model.train()
+    batch, seq = 2, 64
+    saved = _saved_bytes(model, torch.randint(0, 512, (batch, seq)))
+    buffers = sum(b.numel() * b.element_size() for name, b in model.named_buffers() if "_osf_" in name)
+
+    arch = architecture_from_config(TINY_LLAMA)
+    method = find_method(catalog, "osf")
+    overrides = {"trainable_rank": trainable_rank}
+    count = count_trainable(method, arch, overrides, targets=["q", "v", "down"])
+    assert count.trainable == model.get_nb_trainable_parameters()[0]
+    est = estimate_memory(method, arch, count, batch=batch, seq=seq, dtype=dtype, device="cpu", overrides=overrides)
+    assert term(est, "adapter_buffers") == buffers
+    p = 4 if dtype == "fp32" else 2
+    modelled = term(est, "activations") + term(est, "head_activations") - p * arch.vocab_size * batch * seq
+    assert modelled == pytest.approx(saved, rel=0.06)

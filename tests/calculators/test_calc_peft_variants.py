@@ -82,11 +82,13 @@ def test_adapter_input_is_kept_only_where_a_trained_weight_meets_it(method_id, s
 
 
 def _frozen_model_estimate(arch, batch: int):
-    """OSF has no activation term of its own (generic profile): its blocks keep what the frozen model keeps."""
-    from peftkb.calculators.memory import estimate_memory
+    """Intrinsic SAID has no activation term of its own (generic profile): its blocks keep what the frozen model
+    keeps."""
+    from peftkb.calculators.memory import estimate_memory, profile_of
 
-    osf = _method("osf")
-    return estimate_memory(osf, arch, count_trainable(osf, arch), batch=batch, seq=16, dtype="bf16")
+    said = _method("intrinsic-said")
+    assert profile_of(said, {}, arch).kind == "generic"
+    return estimate_memory(said, arch, count_trainable(said, arch), batch=batch, seq=16, dtype="bf16")
 
 
 @pytest.mark.parametrize("method_id", ["fourierft", "waveft"])
