@@ -254,8 +254,14 @@ def test_assessment_page_shows_every_committed_run_and_every_finding(rendered):
         assert f"suite-{a.profile.replace('-', '')}" in page and len(a.findings) == 4
         for f in a.findings:
             assert f"**{f.verdict}**" in page and f.verdict in ("supported", "not supported", "not distinguishable", "not testable")
-        for inv in a.invocations:  # provenance: the command that produced the results
+        for inv in a.invocations:  # provenance: the command that produced the results, its time, its note
             assert inv["command"].startswith("peftkb bench") and inv["machine"]
+            wall = inv.get("wall_seconds")
+            shown = html.unescape(page)  # the page escapes punctuation as character references
+            assert (f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "not recorded") in shown
+            assert inv.get("note", "")[:40] in shown
+    # an invocation whose log entry was lost (bench-cpu's first) says so rather than breaking the page
+    assert any(inv.get("wall_seconds") is None for a in suites for inv in a.invocations)
 
 
 def test_assessment_without_results_says_how_to_make_them(tmp_path):
