@@ -247,8 +247,11 @@ def check_calculators(source: EvidenceSource, catalog: Catalog) -> list[Calculat
             counted = count.trainable
             batch = int(run.setting.get("batch_size", 4))
             seq = int(run.setting.get("max_seq_length", 768))
+            # peft's autocast_adapter_dtype=False keeps the adapter in the model dtype (the OSF run)
+            adapter_dtype = "fp32" if run.setting.get("autocast_adapter_dtype", True) else "model"
             estimated = estimate_memory(method, arch, count, batch=batch, seq=seq, dtype="bf16", optimizer="adamw",
-                                        overrides=overrides).peak
+                                        overrides=overrides, adapter_dtype=adapter_dtype,
+                                        peft_version=run.peft_version).peak
         except PeftkbError as exc:
             error = str(exc)
         out.append(CalculatorCheck(run.experiment, method.id, run.measured.num_trainable_params, counted,

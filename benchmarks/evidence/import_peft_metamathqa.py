@@ -144,7 +144,9 @@ def import_runs(git_dir: Path, commit: str) -> dict:
         setting = {"model": tc["model_id"], "dtype": tc["dtype"], "batch_size": tc["batch_size"],
                    "max_seq_length": tc["max_seq_length"], "max_steps": tc["max_steps"],
                    "optimizer": tc["optimizer_type"], "lr": tc["optimizer_kwargs"].get("lr"),
-                   "gradient_checkpointing": tc["use_gc"], "accelerator": data["meta_info"]["system_info"]["accelerator"]}
+                   "gradient_checkpointing": tc["use_gc"], "use_amp": tc["use_amp"],
+                   "autocast_adapter_dtype": tc["autocast_adapter_dtype"],
+                   "accelerator": data["meta_info"]["system_info"]["accelerator"]}
         settings_seen = settings_seen or setting
         run = {
             "file": f"{RESULTS}/{name}",

@@ -14,6 +14,11 @@ Precision (--precision; with --dtype fp32 everything is fp32 and it does not app
     mixed       fp32 master weights, gradients and AdamW states for everything that trains (t = 4), bf16 compute
                 under autocast (HF Trainer with bf16=True); the frozen base stays in --dtype. Autocast's bf16 copy
                 of each trained weight is saved for backward: + trainable * p at the start of backward.
+Adapter dtype (--adapter-dtype, pure precision only)
+    fp32        (the default) peft upcasts the weights it adds to fp32 (autocast_adapter_dtype=True): a = 4.
+    model       they stay in the model dtype (autocast_adapter_dtype=False): a = p for the adapter weights, their
+                gradients, AdamW states and buffers, and for what the adapter's forward keeps (its input, cast
+                to the adapter dtype, is then the base layer's input itself and is shared as in an fp32 model).
 
 Weights
     frozen      (n_params - trained base weights) * p; with --quantize nf4 the linear layers of the blocks take
@@ -46,18 +51,18 @@ Activations, per block and per token (tokens = B * S', S' = S + P for methods th
     Method terms:
       full / Child-Tuning   inputs of every linear layer: p*(2d + h*d_h + f), plus p*d per RMSNorm (its weight
                             is trained too)
-      LoRA family           per targeted module the adapter input (peft casts it to the fp32 adapter dtype:
-                            4*d_in, shared by a block's q/k/v only in fp32 without dropout) and the rank-r
-                            intermediate 4r; with dropout a mask of d_in bytes (CUDA) or 4*d_in (CPU).
+      LoRA family           per targeted module the adapter input (peft casts it to the adapter dtype:
+                            a*d_in, shared by a block's q/k/v only when a = p and without dropout) and the
+                            rank-r intermediate a*r; with dropout a mask of d_in bytes (CUDA) or a*d_in (CPU).
                             DoRA adds d_out * p. MiSS (but its bat variant) and TinyLoRA keep no adapter
                             input: x first meets a parameter-free shard sum or a frozen projection, so only
                             the rank-r result is saved (ADAPTER_INPUT_NOT_KEPT).
       BOFT                  per adapted module x and the output scaled by boft_s, p*(d_in + d_out) per token,
                             and three d_in x d_in matrices, 3*p*d_in^2 once per block (DENSE_ROTATION)
-      FourierFT, WaveFT     per adapted module the fp32 input, 4*d_in per token, and the dense update dW they
-                            rebuild each forward, 4*d_in*d_out once per block (DENSE_DELTA)
-      (IA)^3                the scaled tensors: p*2*h_kv*d_h for keys and values, 4f for the FFN input
-                            (peft casts it to the fp32 vector's dtype before scaling)
+      FourierFT, WaveFT     per adapted module the input in the adapter dtype, a*d_in per token, and the dense
+                            update dW they rebuild each forward, a*d_in*d_out once per block (DENSE_DELTA)
+      (IA)^3                the scaled tensors: p*2*h_kv*d_h for keys and values, a*f for the FFN input
+                            (peft casts it to the vector's dtype before scaling)
       adapters              per adapter p*(d + 2m), m the bottleneck; two adapters per block for sequential
                             (Houlsby) placement
       prefix tuning         keys and values get P more positions: B * p * 2*P*h*d_h per block (repeated,
@@ -104,6 +109,9 @@ from peftkb.errors import UsageError
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 #: pure-bf16: the model cast to bf16, no AMP (peft's method-comparison suite); mixed: fp32 master weights, AMP
 PRECISIONS = ("pure-bf16", "pure-fp16", "mixed")
+#: where peft keeps the weights it adds: upcast to fp32 (autocast_adapter_dtype=True, peft's default) or in
+#: the model's dtype (autocast_adapter_dtype=False)
+ADAPTER_DTYPES = ("fp32", "model")
 DEFAULT_PRECISION = "pure-bf16"  # "pure-" + --dtype when not given (pure-fp16 with --dtype fp16)
 OPTIMIZERS = ("adamw", "sgd", "adamw-8bit")
 QUANTIZATIONS = ("nf4",)
@@ -146,6 +154,7 @@ class MemoryEstimate:
     terms: list[Term]
     notes: list[str] = field(default_factory=list)
     precision: str = "pure-bf16"
+    adapter_dtype: str = "fp32"
 
     def _sum(self, phase: str) -> int:
         return sum(t.bytes for t in self.terms if t.phase == phase)
@@ -166,7 +175,8 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "model": self.model, "batch": self.batch, "seq": self.seq,
-                "dtype": self.dtype, "precision": self.precision, "optimizer": self.optimizer,
+                "dtype": self.dtype, "precision": self.precision, "adapter_dtype": self.adapter_dtype,
+                "optimizer": self.optimizer,
                 "gradient_checkpointing": self.gradient_checkpointing, "quantize": self.quantize,
                 "device": self.device, "attention": self.attention, "trainable": self.trainable,
                 "peak_bytes": self.peak, "peak_gib": round(self.peak / GiB, 4),
@@ -298,8 +308,12 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
                     dtype: str = "bf16", optimizer: str = "adamw", gradient_checkpointing: bool = False,
                     quantize: str | None = None, device: str = "cuda", attention: str = "sdpa",
                     padding_mask: bool = False, overrides: dict[str, Any] | None = None,
-                    precision: str | None = None) -> MemoryEstimate:
-    """Estimate peak training memory; `count` is the method's trainable count on `arch`."""
+                    precision: str | None = None, adapter_dtype: str = "fp32",
+                    peft_version: str | None = None) -> MemoryEstimate:
+    """Estimate peak training memory; `count` is the method's trainable count on `arch`.
+
+    `peft_version` matters only where peft changed what a method keeps (OSF before 0.21: see _osf_terms); None
+    means the peft this estimator was checked against (0.21.2)."""
     if dtype not in DTYPE_BYTES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPE_BYTES)}, not '{dtype}'")
     if optimizer not in OPTIMIZERS:
@@ -311,6 +325,11 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     if attention not in ATTENTIONS:
         raise UsageError(f"--attention must be one of {', '.join(ATTENTIONS)}, not '{attention}'")
     precision = resolve_precision(precision, dtype)
+    if adapter_dtype not in ADAPTER_DTYPES:
+        raise UsageError(f"--adapter-dtype must be one of {', '.join(ADAPTER_DTYPES)}, not '{adapter_dtype}'")
+    if adapter_dtype == "model" and precision == "mixed":
+        raise UsageError("--adapter-dtype model needs a pure precision: under --precision mixed every trained "
+                         "weight has an fp32 master copy")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"--batch must be an integer from 1 to {MAX_BATCH:,}, not {batch!r}")
     if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
@@ -336,10 +355,14 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     p = DTYPE_BYTES[dtype]
     d, f, h, h_kv, dh, V = arch.d_model, arch.d_ff, arch.n_heads, arch.n_kv_heads, arch.d_head, arch.vocab_size
     trainable = count.trainable
+    # a: bytes per element of the weights peft adds (and of the tensors their forward computes in their dtype)
+    a = p if adapter_dtype == "model" else 4
     if precision == "mixed" or p == 4:
         t = 4  # fp32 master copy of every trained weight (mixed), or an fp32 model
     else:
-        t = p if prof.trains_base else 4  # pure: base weights in the model dtype; peft keeps adapters in fp32
+        t = p if prof.trains_base else a  # pure: base weights in the model dtype; peft's adapters upcast (or not)
+    if adapter_dtype == "model" and p < 4:
+        notes.append("adapter weights in the model dtype (peft's autocast_adapter_dtype=False)")
     terms: list[Term] = []
 
     # -- weights ----------------------------------------------------------------------------------------
@@ -357,13 +380,19 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         terms.append(Term("frozen_weights", "frozen weights", frozen_params * p,
                           f"(n_params - trained base weights) * p = {frozen_params:,} * {p}", "static"))
+    osf_rebuilds = prof.osf and osf_rebuilds_weight(peft_version)
+    if osf_rebuilds:
+        notes.append(f"OSF as peft {peft_version} builds it: the whole weight rebuilt in every forward")
     if prof.osf:
-        buffers, _ = _osf_terms(arch, prof, values, p)
+        buffers, _ = _osf_terms(arch, prof, values, p, a, osf_rebuilds)
         terms.append(Term("adapter_buffers", "OSF's frozen SVD factors", buffers * t,
+                          f"sum over adapted modules of k(d_in + d_out + 1) (U_high, S_high, V_high), * {t}"
+                          if osf_rebuilds else
                           f"sum over adapted modules of t(d_in + d_out + 1) + k*d_out if d_out > d_in + k*d_in if "
                           f"d_in > d_out, * {t} (kept with the adapter's dtype)", "static"))
     what = ("fp32 master weights" if precision == "mixed" and p < 4 else
-            "model dtype" if prof.trains_base and t == p else "fp32 adapter weights" if not prof.trains_base else "fp32")
+            "model dtype" if prof.trains_base and t == p else
+            ("fp32 adapter weights" if t == 4 else "adapter weights in the model dtype") if not prof.trains_base else "fp32")
     terms.append(Term("trainable_weights", "trainable weights", trainable * t, f"trainable * {t} ({what})", "static"))
 
     # -- optimizer ----------------------------------------------------------------------------------------
@@ -394,7 +423,7 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     # prefix methods always build one (for the virtual positions), as does padding
     masked = padding_mask or bool(prof.prefix_tokens)
     gqa_kv = h_kv if (attention == "sdpa" and not masked) else h
-    act_terms = _block_terms(arch, prof, p, dtype, attention, gqa_kv, S + prof.prefix_tokens, masked, device)
+    act_terms = _block_terms(arch, prof, p, dtype, attention, gqa_kv, S + prof.prefix_tokens, masked, device, a)
     per_token_block = sum(b for _, b, _ in act_terms)
     n_blocks = arch.n_layers
     per_sample_block = 0
@@ -414,23 +443,25 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     else:
         activations = n_blocks * (tokens * per_token_block + batch * per_sample_block)
         act_formula = f"L*B*S'*[{blocks_formula}]" + (" + L*B*p*2*P*(h + h_kv)*d_h (prefix positions)" if per_sample_block else "")
-    if prof.dense_delta:  # each adapted module's rebuilt dW (fp32), kept once per block, not per token
+    if prof.dense_delta:  # each adapted module's rebuilt dW (adapter dtype), kept once per block, not per token
         from peftkb.calculators.params import select_modules
 
-        dense = sum(4 * m.d_in * m.d_out for m in select_modules(arch, prof.target_keys, strict=False))
+        dense = sum(a * m.d_in * m.d_out for m in select_modules(arch, prof.target_keys, strict=False))
         activations += dense / n_blocks if gradient_checkpointing else dense
-        act_formula += " + 4*d_in*d_out per adapted module (rebuilt dense update)"
+        act_formula += f" + {a}*d_in*d_out per adapted module (rebuilt dense update)"
     if prof.dense_rotation:  # three d_in x d_in matrices in the model dtype per adapted module
         from peftkb.calculators.params import select_modules
 
         dense = sum(3 * p * m.d_in * m.d_in for m in select_modules(arch, prof.target_keys, strict=False))
         activations += dense / n_blocks if gradient_checkpointing else dense
         act_formula += " + 3*p*d_in^2 per adapted module (butterfly matrices and the rotation)"
-    if prof.osf:  # per adapted module: x cast to fp32 and the rank-2t hidden per token; the factors A and B once
-        _, (per_token, per_module) = _osf_terms(arch, prof, values, p)
+    if prof.osf:  # per adapted module: x cast to the adapter dtype and the rank-2t hidden per token; A and B once
+        _, (per_token, per_module) = _osf_terms(arch, prof, values, p, a, osf_rebuilds)
         osf_act = tokens * per_token + per_module
         activations += osf_act / n_blocks if gradient_checkpointing else osf_act
-        act_formula += " + per OSF module 4*B*S'*(d_in + 2t) + 4*2t*(d_in + d_out) (factored update)"
+        act_formula += (f" + per OSF module {a}*B*S'*d_in + {a}*d_out*(d_in + t) (input, rebuilt weight, U_low S_low)"
+                        if osf_rebuilds else
+                        f" + per OSF module {a}*B*S'*(d_in + 2t) + {a}*2t*(d_in + d_out) (factored update)")
     if prof.prefix_tokens:  # the expanded past_key_values tensor itself (peft builds it at the KV width)
         activations += batch * n_blocks * p * 2 * prof.prefix_tokens * h_kv * dh
     if arch.family == "t5" and prof.full_linear_inputs:
@@ -474,7 +505,7 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
 
     # -- overhead -------------------------------------------------------------------------------------------
     est = MemoryEstimate(method.id, arch.name, batch, seq, dtype, optimizer, gradient_checkpointing, quantize,
-                         device, attention, trainable, terms, notes, precision)
+                         device, attention, trainable, terms, notes, precision, adapter_dtype)
     dynamic = est.dynamic
     context = CUDA_CONTEXT_BYTES if device == "cuda" else 0
     terms.append(Term("overhead", "framework overhead", int(context + FRAGMENTATION * dynamic),
@@ -493,15 +524,31 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     return est
 
 
-def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int) -> tuple[int, tuple[int, int]]:
+def osf_rebuilds_weight(peft_version: str | None) -> bool:
+    """Whether peft `peft_version` builds OSF's forward from the whole rebuilt weight: releases before 0.21 did
+    (read at huggingface/peft@5d602fdb, 0.20.1.dev0); peft PR #3524 (a delta-based forward) replaced it, and
+    0.21.2 has the factored update. Unparseable or absent versions mean the current layout."""
+    match = re.match(r"(\d+)\.(\d+)", peft_version or "")
+    return bool(match) and (int(match[1]), int(match[2])) < (0, 21)
+
+
+def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int,
+               a: int = 4, rebuilds_weight: bool = False) -> tuple[int, tuple[int, int]]:
     """OSF as peft 0.21.2 builds it (osf/layer.py update_layer and forward), per adapted module with t trainable
     directions (trainable_rank, else min(d_in, d_out) - min(d_in, d_out) // 2) and k = min(d_in, d_out) - t frozen:
 
     buffers (elements): frozen copies of the initial U_low, S_low, V_low, t(d_in + d_out + 1), plus U_high (d_out x k)
     when d_out > d_in, or V_high (k x d_in) when d_in > d_out (the square factor is recovered from U_low / V_low);
-    activations (bytes, fp32 adapter): x cast to fp32 (4 d_in) and h = x B^T (4 * 2t) per token, and the factors
-    A = [U S, -U0 S0] (d_out x 2t) and B = [V; V0] (2t x d_in) once per module. In an fp32 model the cast returns
-    x itself, so modules that read one input (q, k, v; gate, up) keep it once.
+    activations (bytes, a per element of the adapter dtype): x cast to the adapter dtype (a d_in) and h = x B^T
+    (a * 2t) per token, and the factors A = [U S, -U0 S0] (d_out x 2t) and B = [V; V0] (2t x d_in) once per
+    module. Where the adapter dtype is the model's (an fp32 model, or autocast_adapter_dtype=False) the cast
+    returns x itself, so modules that read one input (q, k, v; gate, up) keep it once.
+
+    `rebuilds_weight` (peft before 0.21, osf/layer.py forward and utils.reconstruct_weight_matrix at
+    huggingface/peft@5d602fdb): buffers U_high (d_out x k), S_high (k) and V_high (k x d_in) of every module,
+    k(d_in + d_out + 1); the forward builds W = U_high S_high V_high + (U_low S_low) V_low and calls
+    F.linear(x, W), which keeps x (cast to the adapter dtype, a d_in per token) and W (a d_out d_in), while the
+    product U_low S_low (a d_out t) is kept for V_low's gradient.
     Returns (buffer elements, (activation bytes per token, activation bytes per step)), summed over the modules.
     """
     from peftkb.calculators.params import select_modules
@@ -513,15 +560,21 @@ def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int
         low = min(m.d_in, m.d_out)
         t = min(chosen, low) if chosen > 0 else low - low // 2
         k = low - t
-        buffers += t * (m.d_in + m.d_out + 1) + (m.d_out * k if m.d_out > m.d_in else 0) \
-            + (k * m.d_in if m.d_in > m.d_out else 0)
+        if rebuilds_weight:
+            buffers += k * (m.d_in + m.d_out + 1)
+        else:
+            buffers += t * (m.d_in + m.d_out + 1) + (m.d_out * k if m.d_out > m.d_in else 0) \
+                + (k * m.d_in if m.d_in > m.d_out else 0)
         shared = "qkv" if set(m.roles) & {"q", "k", "v"} else "gate-up" if set(m.roles) & {"gate", "up"} else m.name
-        source = (m.name.rsplit(".", 1)[0], shared) if p == 4 else (m.name, "")
+        source = (m.name.rsplit(".", 1)[0], shared) if p == a else (m.name, "")
         if source not in inputs_kept:
             inputs_kept.add(source)
-            per_token += 4 * m.d_in
-        per_token += 4 * 2 * t
-        per_module += 4 * 2 * t * (m.d_in + m.d_out)
+            per_token += a * m.d_in
+        if rebuilds_weight:
+            per_module += a * m.d_out * (m.d_in + t)
+        else:
+            per_token += a * 2 * t
+            per_module += a * 2 * t * (m.d_in + m.d_out)
     return buffers, (per_token, per_module)
 
 
@@ -546,8 +599,9 @@ def _norm_bytes(arch: Architecture, p: int, trained: bool) -> tuple[int, str]:
 
 
 def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attention: str, gqa_kv: int,
-                 S: int, masked: bool = False, device: str = "cuda") -> list[tuple[str, float, str]]:
-    """Bytes per token for one (average) block, as (label, bytes, formula) terms; S = key length."""
+                 S: int, masked: bool = False, device: str = "cuda", a: int = 4) -> list[tuple[str, float, str]]:
+    """Bytes per token for one (average) block, as (label, bytes, formula) terms; S = key length; a = bytes per
+    element of the adapter dtype."""
     d, f, h, h_kv, dh = arch.d_model, arch.d_ff, arch.n_heads, arch.n_kv_heads, arch.d_head
     terms: list[tuple[str, float, str]] = []
     enc, dec = (arch.n_encoder_layers, arch.n_decoder_layers) if arch.family == "t5" else (arch.n_layers, 0)
@@ -587,13 +641,13 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
         terms.append(("linear inputs", p * (2 * d + h * dh + f) + cross * p * (d + h * dh),
                       "p*(2d + h*d_h + f)" + (" + cross p*(d + h*d_h)" if cross else "")))
     if prof.rank:
-        terms.append(_lowrank_term(arch, prof, p, dtype, device))
-    if prof.dense_delta:  # F.linear(x.float(), dW) keeps the fp32 input of each adapted module
+        terms.append(_lowrank_term(arch, prof, p, dtype, device, a))
+    if prof.dense_delta:  # F.linear(x.to(dW.dtype), dW) keeps the adapter-dtype input of each adapted module
         from peftkb.calculators.params import select_modules
 
         mods = select_modules(arch, prof.target_keys, strict=False)
-        terms.append(("dense delta inputs", sum(4 * m.d_in for m in mods) / arch.n_layers,
-                      f"4*d_in per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
+        terms.append(("dense delta inputs", sum(a * m.d_in for m in mods) / arch.n_layers,
+                      f"{a}*d_in per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
     if prof.dense_rotation:  # x (for x @ R) and the frozen layer's output (for * boft_s), model dtype
         from peftkb.calculators.params import select_modules
 
@@ -601,8 +655,8 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
         terms.append(("rotation inputs and outputs", sum(p * (m.d_in + m.d_out) for m in mods) / arch.n_layers,
                       f"p*(d_in + d_out) per adapted module ({len(mods)} modules / {arch.n_layers} blocks)"))
     if prof.ia3:
-        # k/v outputs are scaled in the model dtype; the FFN input is first cast to the fp32 vector's dtype
-        terms.append(("ia3", p * 2 * h_kv * dh + 4 * f, "p*2*h_kv*d_h + 4f"))
+        # k/v outputs are scaled in the model dtype; the FFN input is first cast to the vector's (adapter) dtype
+        terms.append(("ia3", p * 2 * h_kv * dh + a * f, f"p*2*h_kv*d_h + {a}f"))
     if prof.adapters_per_block:
         m = prof.bottleneck
         terms.append(("adapters", prof.adapters_per_block * p * (d + 2 * m),
@@ -611,22 +665,22 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
 
 
 def _lowrank_term(arch: Architecture, prof: Profile, p: int, dtype: str,
-                  device: str = "cuda") -> tuple[str, float, str]:
+                  device: str = "cuda", a: int = 4) -> tuple[str, float, str]:
     """Adapter inputs and rank-r intermediates of the targeted modules, averaged per block."""
     from peftkb.calculators.params import select_modules
 
     modules = select_modules(arch, prof.target_keys, strict=False) if prof.target_keys else []
     blocks = arch.n_layers
-    a = 4  # adapter dtype: fp32
     total = 0.0
-    if dtype == "fp32" and prof.lora_dropout == 0 and prof.keeps_adapter_input:
+    if a == p and prof.lora_dropout == 0 and prof.keeps_adapter_input:
+        # the cast to the adapter dtype returns x itself: modules reading one input share what they keep
         groups = {(m.stack, m.layer, _input_group(m)): m.d_in for m in modules}
         total += sum(v * a for v in groups.values())
-        formula = "4*d_in per distinct input + 4r per module"
+        formula = f"{a}*d_in per distinct input + {a}r per module"
     else:
         kept = prof.keeps_adapter_input  # MiSS, TinyLoRA: only the rank-r intermediate (and a dropout mask)
         total += sum(m.d_in * a for m in modules) if kept else 0
-        formula = "4*d_in + 4r per module" if kept else "4r per module (the adapter input is not kept)"
+        formula = f"{a}*d_in + {a}r per module" if kept else f"{a}r per module (the adapter input is not kept)"
         if prof.lora_dropout > 0:  # bool mask on CUDA, an fp32 noise tensor on CPU
             mask_b = 1 if device == "cuda" else a
             total += sum(m.d_in * mask_b for m in modules)

@@ -162,10 +162,15 @@ def _gib(n: int) -> float:
     return round(n / GiB, 3)
 
 
-def _precision_label(precision: str, given: Optional[str]) -> str:
+def _precision_label(precision: str, given: Optional[str], adapter_dtype: str = "fp32") -> str:
     if precision == "fp32":
         return "(fp32 throughout)"
-    return f"(precision {precision}" + (", the default)" if given is None else ")")
+    adapters = ", adapters in the model dtype" if adapter_dtype == "model" else ""
+    return f"(precision {precision}" + (", the default" if given is None else "") + adapters + ")"
+
+
+ADAPTER_DTYPE_HELP = ("Where peft keeps the weights it adds: fp32 (autocast_adapter_dtype=True, peft's default) or "
+                      "model (autocast_adapter_dtype=False: the model's dtype). Pure precision only.")
 
 
 def memory(
@@ -176,6 +181,7 @@ def memory(
     seq: int = typer.Option(512, "--seq", min=1, max=MAX_SEQ, help="Tokens per sequence."),
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: " + ", ".join(DTYPE_BYTES) + "."),
     precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
+    adapter_dtype: str = typer.Option("fp32", "--adapter-dtype", help=ADAPTER_DTYPE_HELP),
     optimizer: str = typer.Option("adamw", "--optimizer", help="One of " + ", ".join(OPTIMIZERS) + "."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute each block in backward."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the frozen base: nf4."),
@@ -197,7 +203,7 @@ def memory(
         raise UsageError("give a METHOD or --peft-config PATH")
     count, est = _estimate(source or _find(method_id), arch, sets, targets, batch=batch, seq=seq, dtype=dtype.lower(),
                            precision=precision.lower() if precision else None, optimizer=optimizer.lower(),
-                           gradient_checkpointing=gradient_checkpointing,
+                           adapter_dtype=adapter_dtype.lower(), gradient_checkpointing=gradient_checkpointing,
                            quantize=quantize.lower() if quantize else None, device=device.lower(),
                            attention=attention.lower(), padding_mask=padding_mask)
     rows = [{"term": t.label, "phase": t.phase, "GiB": _gib(t.bytes), "bytes": t.bytes, "formula": t.formula}
@@ -207,7 +213,7 @@ def memory(
     rows.append({"term": "peak", "phase": "", "GiB": _gib(est.peak), "bytes": est.peak,
                  "formula": "allocated peak + overhead"})
     columns = ["term", "phase", "GiB"] + (["formula"] if explain else [])
-    title = (f"{est.method} on {est.model}: B={batch} S={seq} {est.dtype} {_precision_label(est.precision, precision)} {est.optimizer}"
+    title = (f"{est.method} on {est.model}: B={batch} S={seq} {est.dtype} {_precision_label(est.precision, precision, est.adapter_dtype)} {est.optimizer}"
              f"{' +checkpointing' if gradient_checkpointing else ''}{' ' + est.quantize if est.quantize else ''}: "
              f"peak {_gib(est.peak)} GiB ({count.trainable:,} trainable)")
     if explain:

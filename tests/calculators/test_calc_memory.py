@@ -202,9 +202,11 @@ def _saved_bytes(model, ids) -> int:
 
 
 @pytest.mark.peft_oracle
-@pytest.mark.parametrize("method_id, dtype", [("lora", "fp32"), ("lora", "bf16"), ("full-fine-tuning", "fp32"),
-                                              ("full-fine-tuning", "bf16"), ("ia3", "bf16"), ("prompt-tuning", "fp32")])
-def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, dtype):
+@pytest.mark.parametrize("method_id, dtype, adapter_dtype", [
+    ("lora", "fp32", "fp32"), ("lora", "bf16", "fp32"), ("lora", "bf16", "model"), ("full-fine-tuning", "fp32", "fp32"),
+    ("full-fine-tuning", "bf16", "fp32"), ("ia3", "bf16", "fp32"), ("ia3", "bf16", "model"),
+    ("prompt-tuning", "fp32", "fp32")])
+def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, dtype, adapter_dtype):
     """activations + head terms, less the logits (alive but not saved), vs saved_tensors_hooks on a tiny Llama."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -214,11 +216,14 @@ def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, d
     hf._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(hf).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     overrides = {}
+    autocast = adapter_dtype == "fp32"  # peft's autocast_adapter_dtype: upcast the adapter to fp32, or not
     if method_id == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+                                    autocast_adapter_dtype=autocast)
     elif method_id == "ia3":
         model = peft.get_peft_model(model, peft.IA3Config(target_modules=["k_proj", "v_proj", "down_proj"],
-                                                          feedforward_modules=["down_proj"]))
+                                                          feedforward_modules=["down_proj"]),
+                                    autocast_adapter_dtype=autocast)
     elif method_id == "prompt-tuning":
         model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20))
         overrides = {"n_virtual_tokens": 20}
@@ -229,7 +234,11 @@ def test_activation_terms_match_the_tensors_autograd_saves(catalog, method_id, d
     arch = architecture_from_config(TINY_LLAMA)
     method = find_method(catalog, method_id)
     est = estimate_memory(method, arch, count_trainable(method, arch, overrides), batch=batch, seq=seq, dtype=dtype,
-                          device="cpu", overrides=overrides)
+                          device="cpu", overrides=overrides, adapter_dtype=adapter_dtype)
+    if method_id in ("lora", "ia3"):  # the adapter weights are in the dtype asked for
+        a = 4 if adapter_dtype == "fp32" else 2
+        assert {p.element_size() for p in model.parameters() if p.requires_grad} == {a}
+        assert term(est, "trainable_weights") == a * est.trainable == term(est, "gradients")
     p = 4 if dtype == "fp32" else 2
     tokens = batch * (seq + overrides.get("n_virtual_tokens", 0))
     modelled = term(est, "activations") + term(est, "head_activations") - p * arch.vocab_size * tokens
@@ -272,10 +281,10 @@ def test_precision_defaults_to_pure_in_the_model_dtype_and_checks_the_pairing(ca
 
 
 @pytest.mark.peft_oracle
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype, adapter_dtype", [("fp32", "fp32"), ("bf16", "fp32"), ("bf16", "model")])
 @pytest.mark.parametrize("trainable_rank, rank_pattern", [(8, {"q_proj": 120, "v_proj": 56, "down_proj": 120}),
                                                           (0, None)])
-def test_osf_buffers_and_activations_match_peft(catalog, dtype, trainable_rank, rank_pattern):
+def test_osf_buffers_and_activations_match_peft(catalog, dtype, adapter_dtype, trainable_rank, rank_pattern):
     """OSF (peft 0.21.2): the frozen SVD factors it keeps as buffers, exactly; the tensors its factored forward
     saves (x in fp32, h = x B^T, the factors A and B) within the activation model's tolerance."""
     torch = pytest.importorskip("torch")
@@ -286,7 +295,8 @@ def test_osf_buffers_and_activations_match_peft(catalog, dtype, trainable_rank, 
     hf._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(hf).to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     extra = {"rank_pattern": rank_pattern} if rank_pattern else {}
-    model = peft.get_peft_model(model, peft.OSFConfig(target_modules=["q_proj", "v_proj", "down_proj"], **extra))
+    model = peft.get_peft_model(model, peft.OSFConfig(target_modules=["q_proj", "v_proj", "down_proj"], **extra),
+                                autocast_adapter_dtype=adapter_dtype == "fp32")
     model.train()
     batch, seq = 2, 64
     saved = _saved_bytes(model, torch.randint(0, 512, (batch, seq)))
@@ -297,8 +307,43 @@ def test_osf_buffers_and_activations_match_peft(catalog, dtype, trainable_rank, 
     overrides = {"trainable_rank": trainable_rank}
     count = count_trainable(method, arch, overrides, targets=["q", "v", "down"])
     assert count.trainable == model.get_nb_trainable_parameters()[0]
-    est = estimate_memory(method, arch, count, batch=batch, seq=seq, dtype=dtype, device="cpu", overrides=overrides)
+    est = estimate_memory(method, arch, count, batch=batch, seq=seq, dtype=dtype, device="cpu", overrides=overrides,
+                          adapter_dtype=adapter_dtype)
     assert term(est, "adapter_buffers") == buffers
     p = 4 if dtype == "fp32" else 2
     modelled = term(est, "activations") + term(est, "head_activations") - p * arch.vocab_size * batch * seq
     assert modelled == pytest.approx(saved, rel=0.06)
+
+
+@pytest.mark.parametrize("version, rebuilds", [("0.19.2.dev0", True), ("0.20.1.dev0", True), ("0.21.0", False),
+                                               ("0.21.2", False), ("1.0.0", False), (None, False), ("main", False)])
+def test_osf_layout_follows_the_peft_version(version, rebuilds):
+    from peftkb.calculators.memory import osf_rebuilds_weight
+
+    assert osf_rebuilds_weight(version) is rebuilds
+
+
+@pytest.mark.parametrize("adapter_dtype", ["fp32", "model"])
+def test_osf_before_peft_0_21_keeps_every_high_factor_and_the_rebuilt_weight(catalog, adapter_dtype):
+    """peft <= 0.20 (checked by hand against huggingface/peft@5d602fdb's source on this tiny Llama: buffers exact,
+    activations within 7%): U_high, S_high, V_high of every module, and per module the rebuilt W and U_low S_low
+    in place of the factored update's rank-2t hidden and factors. Recomputed here from the shapes."""
+    arch = architecture_from_config(TINY_LLAMA)
+    method = find_method(catalog, "osf")
+    overrides, targets = {"trainable_rank": 8}, ["q", "v", "down"]
+    count = count_trainable(method, arch, overrides, targets=targets)
+    kw = dict(batch=2, seq=64, dtype="bf16", device="cpu", overrides=overrides, adapter_dtype=adapter_dtype)
+    old = estimate_memory(method, arch, count, peft_version="0.19.2.dev0", **kw)
+    new = estimate_memory(method, arch, count, peft_version="0.21.2", **kw)
+    a = 4 if adapter_dtype == "fp32" else 2
+    d, f, kv = 128, 344, 64  # q: 128 -> 128, v: 128 -> 64 (2 kv heads of 32), down: 344 -> 128
+    shapes = [(d, d), (d, kv), (f, d)] * arch.n_layers  # (d_in, d_out)
+    t = 8
+    k = [min(i, o) - t for i, o in shapes]
+    assert term(old, "adapter_buffers") == a * sum(kk * (i + o + 1) for kk, (i, o) in zip(k, shapes))
+    tokens = 2 * 64
+    factored = sum(a * 2 * t * tokens + a * 2 * t * (i + o) for i, o in shapes)
+    rebuilt = sum(a * o * (i + t) for i, o in shapes)
+    assert term(old, "activations") - term(new, "activations") == rebuilt - factored
+    assert any("rebuilt in every forward" in n for n in old.notes)
+    assert term(old, "trainable_weights") == term(new, "trainable_weights") == a * count.trainable

@@ -229,3 +229,18 @@ def test_memory_states_its_precision_and_mixed_keeps_fp32_master_weights():
     assert "(precision mixed)" in ok("fit", "-m", "gpt2", "--memory", "80GB", "--precision", "mixed")
     assert "needs --dtype bf16" in fails(2, "memory", "lora", "-m", "gpt2", "--dtype", "fp16",
                                          "--precision", "pure-bf16").stderr
+
+
+def test_memory_adapter_dtype_model_halves_the_adapter_state_and_is_refused_where_it_cannot_apply():
+    args = ("memory", "lora", "-m", "llama-3.2-3b", "--seq", "128", "--format", "json")
+    upcast = json.loads(ok(*args))
+    kept = json.loads(ok(*args, "--adapter-dtype", "model"))
+    terms = lambda d: {t["term"]: t["bytes"] for t in d["terms"]}  # noqa: E731
+    n = upcast["trainable"]
+    assert upcast["adapter_dtype"] == "fp32" and kept["adapter_dtype"] == "model"
+    for key, per_weight in [("trainable_weights", 1), ("gradients", 1), ("optimizer_states", 2)]:
+        assert terms(upcast)[key] == 4 * per_weight * n and terms(kept)[key] == 2 * per_weight * n, key
+    assert terms(kept)["frozen_weights"] == terms(upcast)["frozen_weights"]
+    assert "adapters in the model dtype" in ok("memory", "lora", "-m", "gpt2", "--seq", "128", "--adapter-dtype", "model")
+    assert "mixed" in fails(2, "memory", "lora", "-m", "gpt2", "--adapter-dtype", "model", "--precision", "mixed").stderr
+    assert "fp32, model" in fails(2, "memory", "lora", "-m", "gpt2", "--adapter-dtype", "fp16").stderr
