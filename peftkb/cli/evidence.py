@@ -65,7 +65,8 @@ def evidence(
     found = [m for m in ev.measurements(root, cat, method) if source is None or m.source == source]
     if not found and method is not None:
         raise NotFoundError(f"no measurement of '{method}' in {', '.join(known) or 'any source'}")
-    rows = [{**m.to_dict(), "peak_memory_gib": _gib(m.peak_memory_bytes)} for m in found]
+    rows = [{**m.to_dict(), "peak_memory_gib": _gib(m.peak_memory_bytes),  # the table rounds; JSON keeps all digits
+             "accuracy": None if m.accuracy is None else round(m.accuracy, 4)} for m in found]
     emit(rows, fmt, columns=COLUMNS, title=f"Measurements of {method}" if method else "Measurements",
          data=[m.to_dict() for m in found])
 
