@@ -423,7 +423,7 @@ def estimate_memory(method: Any, arch: Architecture, count: ParamCount, *, batch
     # prefix methods always build one (for the virtual positions), as does padding
     masked = padding_mask or bool(prof.prefix_tokens)
     gqa_kv = h_kv if (attention == "sdpa" and not masked) else h
-    act_terms = _block_terms(arch, prof, p, dtype, attention, gqa_kv, S + prof.prefix_tokens, masked, device, a)
+    act_terms = _block_terms(arch, prof, p, attention, gqa_kv, S + prof.prefix_tokens, masked, device, a)
     per_token_block = sum(b for _, b, _ in act_terms)
     n_blocks = arch.n_layers
     per_sample_block = 0
@@ -555,7 +555,7 @@ def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int
 
     chosen = _int(values.get("trainable_rank"))
     buffers = per_token = per_module = 0
-    inputs_kept: set[tuple[str, str]] = set()
+    inputs_kept: set[Any] = set()  # (stack, layer, input group) where the cast is a no-op, else the module
     for m in select_modules(arch, prof.target_keys, strict=False):
         low = min(m.d_in, m.d_out)
         t = min(chosen, low) if chosen > 0 else low - low // 2
@@ -565,8 +565,7 @@ def _osf_terms(arch: Architecture, prof: Profile, values: dict[str, Any], p: int
         else:
             buffers += t * (m.d_in + m.d_out + 1) + (m.d_out * k if m.d_out > m.d_in else 0) \
                 + (k * m.d_in if m.d_in > m.d_out else 0)
-        shared = "qkv" if set(m.roles) & {"q", "k", "v"} else "gate-up" if set(m.roles) & {"gate", "up"} else m.name
-        source = (m.name.rsplit(".", 1)[0], shared) if p == a else (m.name, "")
+        source = (m.stack, m.layer, _input_group(m)) if p == a else m.name
         if source not in inputs_kept:
             inputs_kept.add(source)
             per_token += a * m.d_in
@@ -598,7 +597,7 @@ def _norm_bytes(arch: Architecture, p: int, trained: bool) -> tuple[int, str]:
     return p * arch.d_model + 8, "p*d + 8"
 
 
-def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attention: str, gqa_kv: int,
+def _block_terms(arch: Architecture, prof: Profile, p: int, attention: str, gqa_kv: int,
                  S: int, masked: bool = False, device: str = "cuda", a: int = 4) -> list[tuple[str, float, str]]:
     """Bytes per token for one (average) block, as (label, bytes, formula) terms; S = key length; a = bytes per
     element of the adapter dtype."""
@@ -641,7 +640,7 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
         terms.append(("linear inputs", p * (2 * d + h * dh + f) + cross * p * (d + h * dh),
                       "p*(2d + h*d_h + f)" + (" + cross p*(d + h*d_h)" if cross else "")))
     if prof.rank:
-        terms.append(_lowrank_term(arch, prof, p, dtype, device, a))
+        terms.append(_lowrank_term(arch, prof, p, device, a))
     if prof.dense_delta:  # F.linear(x.to(dW.dtype), dW) keeps the adapter-dtype input of each adapted module
         from peftkb.calculators.params import select_modules
 
@@ -664,8 +663,8 @@ def _block_terms(arch: Architecture, prof: Profile, p: int, dtype: str, attentio
     return terms
 
 
-def _lowrank_term(arch: Architecture, prof: Profile, p: int, dtype: str,
-                  device: str = "cuda", a: int = 4) -> tuple[str, float, str]:
+def _lowrank_term(arch: Architecture, prof: Profile, p: int, device: str = "cuda",
+                  a: int = 4) -> tuple[str, float, str]:
     """Adapter inputs and rank-r intermediates of the targeted modules, averaged per block."""
     from peftkb.calculators.params import select_modules
 
